@@ -1,0 +1,1 @@
+"""Prefect flows, one per business job. Each composes tasks only."""

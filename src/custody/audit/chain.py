@@ -1,0 +1,104 @@
+"""The hash chain's pinned canonical form. Changing anything here breaks every stored chain.
+
+Canonical form ``custody.audit.v1``: a JSON array, serialised by orjson 3 with sorted object keys,
+no whitespace, UTF-8 (non-ASCII not escaped), timestamps in RFC 3339 UTC with a ``Z`` suffix and
+microseconds when non-zero::
+
+    ["custody.audit.v1", event_id, occurred_at, recorded_at, principal, action, status,
+     severity, resource_type, resource_id, correlation_id, regulation, data_classification,
+     retention_days, details]
+
+``content = SHA-256(canonical)``; ``row_hash = SHA-256(prev_hash || seq as 8 bytes big-endian ||
+content)`` with hashes as raw bytes (stored as hex); the first event's ``prev_hash`` is 32 zero
+bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``.
+
+The content digest does not depend on the chain position: a verifier can check content and links
+separately, and name which of the two was tampered with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from custody.errors import ConfigError
+
+CANONICAL_VERSION = "custody.audit.v1"
+GENESIS_HASH = "0" * 64
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
+
+
+def content_digest(
+    event_id: UUID | str,
+    occurred_at: dt.datetime,
+    recorded_at: dt.datetime,
+    principal: str,
+    action: str,
+    status: str,
+    severity: str,
+    resource_type: str,
+    resource_id: str | None,
+    correlation_id: str | None,
+    regulation: str | None,
+    data_classification: str,
+    retention_days: int | None,
+    details: dict[str, Any],
+) -> bytes:
+    """SHA-256 of the canonical form of one event (see the module docstring)."""
+    canonical = orjson.dumps(
+        [
+            CANONICAL_VERSION,
+            str(event_id),
+            occurred_at,
+            recorded_at,
+            principal,
+            action,
+            status,
+            severity,
+            resource_type,
+            resource_id,
+            correlation_id,
+            regulation,
+            data_classification,
+            retention_days,
+            details,
+        ],
+        option=_OPTIONS,
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+def link_hash(prev_hash: str, seq: int, content: bytes) -> str:
+    """Chain one event to its predecessor; returns the event's row hash as hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + seq.to_bytes(8, "big") + content).hexdigest()
+
+
+class Keyring:
+    """HMAC keys by key id: one signs new events, all of them verify old ones (rotation)."""
+
+    def __init__(self, active_key_id: str, keys: dict[str, bytes]) -> None:
+        """Hold the keys; ``active_key_id`` must be one of them."""
+        if active_key_id not in keys:
+            raise ConfigError(f"active HMAC key id {active_key_id!r} is not among the keys")
+        self.active_key_id = active_key_id
+        self._macs = {kid: hmac.new(key, digestmod=hashlib.sha256) for kid, key in keys.items()}
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """Key ids this keyring can verify."""
+        return frozenset(self._macs)
+
+    def sign(self, row_hash: str, key_id: str | None = None) -> str:
+        """HMAC-SHA256 of a row hash with the active (or named) key, as hex."""
+        mac = self._macs[key_id or self.active_key_id].copy()
+        mac.update(bytes.fromhex(row_hash))
+        return mac.hexdigest()
+
+    def verify(self, key_id: str, row_hash: str, signature: str) -> bool:
+        """Constant-time check of a stored signature; KeyError for an unknown key id."""
+        return hmac.compare_digest(self.sign(row_hash, key_id), signature)

@@ -1,0 +1,31 @@
+"""The chunk engine: keyset plans, a durable ledger, verified and resumable chunk runs."""
+
+from custody.chunks.ledger import Ledger
+from custody.chunks.models import (
+    BatchResult,
+    Chunk,
+    ChunkFailure,
+    ChunkOutcome,
+    ChunkStatus,
+    JobPlan,
+    JobSpec,
+)
+from custody.chunks.planner import plan_key_ranges
+from custody.chunks.retry import is_transient
+from custody.chunks.runner import ChunkFailedError, ChunkWork, run_chunk
+
+__all__ = [
+    "BatchResult",
+    "Chunk",
+    "ChunkFailedError",
+    "ChunkFailure",
+    "ChunkOutcome",
+    "ChunkStatus",
+    "ChunkWork",
+    "JobPlan",
+    "JobSpec",
+    "Ledger",
+    "is_transient",
+    "plan_key_ranges",
+    "run_chunk",
+]

@@ -1,0 +1,203 @@
+"""The job_chunks ledger: the durable record that makes every chunked job resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, case, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from custody.chunks.models import (
+    Chunk,
+    ChunkOutcome,
+    ChunkStatus,
+    JobPlan,
+    JobSpec,
+    KeyValue,
+)
+from custody.chunks.planner import KeyRange
+from custody.db import utc_now
+from custody.errors import JobPlanMismatchError
+from custody.store.tables import dead_letters, job_chunks, jobs
+
+
+def _dump_key(value: KeyValue | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _load_key(value: str | None) -> KeyValue | None:
+    if value is None:
+        return None
+    loaded = orjson.loads(value)
+    assert isinstance(loaded, int | str)
+    return loaded
+
+
+class Ledger:
+    """Reads and writes job plans, chunk states and dead letters in custody's store."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Use the store behind ``engine`` (already upgraded)."""
+        self.engine = engine
+
+    def plan(self, spec: JobSpec, make_ranges: Callable[[], list[KeyRange]]) -> JobPlan:
+        """Return the job's stored plan, creating it with ``make_ranges`` on first use.
+
+        Raises:
+            JobPlanMismatchError: the job id exists with a different kind, subject, key or size.
+        """
+        existing = self._load(spec)
+        if existing is not None:
+            return existing
+        ranges = make_ranges()
+        now = utc_now()
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(jobs).values(
+                        job_id=spec.job_id, kind=spec.kind, subject=spec.subject,
+                        key_column=spec.key_column, chunk_size=spec.chunk_size,
+                        total_chunks=len(ranges), planned_at=now,
+                    )  # fmt: skip
+                )
+                if ranges:
+                    connection.execute(
+                        insert(job_chunks),
+                        [
+                            {
+                                "job_id": spec.job_id, "chunk_no": n,
+                                "lower_key": _dump_key(lo), "upper_key": _dump_key(hi),
+                                "status": ChunkStatus.PENDING.value, "attempts": 0,
+                            }  # fmt: skip
+                            for n, (lo, hi) in enumerate(ranges)
+                        ],
+                    )
+        except IntegrityError:
+            # Another process planned the same job at the same moment: use its plan.
+            raced = self._load(spec)
+            if raced is None:
+                raise
+            return raced
+        chunks = tuple(
+            Chunk(job_id=spec.job_id, chunk_no=n, lower=lo, upper=hi,
+                  audit_prefix=spec.audit_prefix)  # fmt: skip
+            for n, (lo, hi) in enumerate(ranges)
+        )
+        return JobPlan(spec=spec, chunks=chunks)
+
+    def _load(self, spec: JobSpec) -> JobPlan | None:
+        with self.engine.connect() as connection:
+            job = connection.execute(select(jobs).where(jobs.c.job_id == spec.job_id)).first()
+            if job is None:
+                return None
+            stored = (job.kind, job.subject, job.key_column, job.chunk_size)
+            wanted = (spec.kind, spec.subject, spec.key_column, spec.chunk_size)
+            if stored != wanted:
+                raise JobPlanMismatchError(
+                    f"job {spec.job_id!r} was planned as kind={job.kind}, subject={job.subject}, "
+                    f"key={job.key_column}, chunk_size={job.chunk_size}; re-use it with the same "
+                    "parameters to resume, or choose a new job id"
+                )
+            rows = connection.execute(
+                select(job_chunks).where(job_chunks.c.job_id == spec.job_id)
+                .order_by(job_chunks.c.chunk_no)
+            ).all()  # fmt: skip
+        chunks = tuple(
+            Chunk(job_id=spec.job_id, chunk_no=r.chunk_no, lower=_load_key(r.lower_key),
+                  upper=_load_key(r.upper_key), audit_prefix=spec.audit_prefix)  # fmt: skip
+            for r in rows
+        )
+        verified = frozenset(r.chunk_no for r in rows if r.status == ChunkStatus.VERIFIED)
+        return JobPlan(spec=spec, chunks=chunks, verified=verified, resumed=True)
+
+    def status_of(self, chunk: Chunk) -> ChunkStatus:
+        """Current ledger status of one chunk."""
+        with self.engine.connect() as connection:
+            status = connection.execute(
+                select(job_chunks.c.status).where(*self._key(chunk))
+            ).scalar_one()
+        return ChunkStatus(status)
+
+    def start(self, chunk: Chunk) -> int:
+        """Mark a chunk running and count the attempt; returns the attempt number."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(job_chunks).where(*self._key(chunk)).values(
+                    status=ChunkStatus.RUNNING.value, attempts=job_chunks.c.attempts + 1,
+                    started_at=utc_now(), finished_at=None, error=None,
+                )  # fmt: skip
+            )
+            attempts = connection.execute(
+                select(job_chunks.c.attempts).where(*self._key(chunk))
+            ).scalar_one()
+        return int(attempts)
+
+    def finish(self, chunk: Chunk, outcome: ChunkOutcome, error: str | None = None) -> None:
+        """Record both sides' counts and hashes: verified if they agree, failed otherwise."""
+        status = ChunkStatus.VERIFIED if outcome.verified and error is None else ChunkStatus.FAILED
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(job_chunks).where(*self._key(chunk)).values(
+                    status=status.value, source_count=outcome.source_count,
+                    source_hash=outcome.source_hash, target_count=outcome.target_count,
+                    target_hash=outcome.target_hash, error=error, finished_at=utc_now(),
+                )  # fmt: skip
+            )
+
+    def fail(
+        self, chunk: Chunk, error_type: str, error: str, *, dead_letter: bool
+    ) -> None:
+        """Record a failed attempt; on the final one, also file a dead letter for replay."""
+        now = utc_now()
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(job_chunks).where(*self._key(chunk)).values(
+                    status=ChunkStatus.FAILED.value, error=f"{error_type}: {error}",
+                    finished_at=now,
+                )  # fmt: skip
+            )
+            if not dead_letter:
+                return
+            attempts = connection.execute(
+                select(job_chunks.c.attempts).where(*self._key(chunk))
+            ).scalar_one()
+            open_letter = connection.execute(
+                select(dead_letters.c.id).where(
+                    dead_letters.c.job_id == chunk.job_id,
+                    dead_letters.c.item_ref == chunk.ref,
+                    dead_letters.c.replayed_at.is_(None),
+                )
+            ).scalar()
+            values: dict[str, Any] = {
+                "error_type": error_type, "error": error, "attempts": attempts, "failed_at": now,
+            }  # fmt: skip
+            if open_letter is None:
+                connection.execute(
+                    insert(dead_letters).values(job_id=chunk.job_id, item_ref=chunk.ref, **values)
+                )
+            else:
+                connection.execute(
+                    update(dead_letters).where(dead_letters.c.id == open_letter).values(**values)
+                )
+
+    def summary(self, job_id: str) -> dict[str, int]:
+        """Chunk counts by status, plus rows verified so far."""
+        c = job_chunks.c
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(c.status, func.count(), func.coalesce(func.sum(
+                    case((c.status == ChunkStatus.VERIFIED.value, c.target_count), else_=0)), 0))
+                .where(c.job_id == job_id).group_by(c.status)
+            ).all()  # fmt: skip
+        out = {status.value: 0 for status in ChunkStatus}
+        out["rows"] = 0
+        for status, count, verified_rows in rows:
+            out[status] = int(count)
+            out["rows"] += int(verified_rows)
+        return out
+
+    @staticmethod
+    def _key(chunk: Chunk) -> tuple[Any, Any]:
+        return (job_chunks.c.job_id == chunk.job_id, job_chunks.c.chunk_no == chunk.chunk_no)

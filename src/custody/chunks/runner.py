@@ -1,0 +1,97 @@
+"""The per-chunk protocol: ledger first, work, verify, ledger and audit after.
+
+Kept free of Prefect so the same protocol runs under any scheduler; ``tasks/chunks.py`` wraps it
+in a Prefect task with retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from custody.audit import AuditEvent, AuditLog, AuditStatus
+from custody.chunks.ledger import Ledger
+from custody.chunks.models import Chunk, ChunkOutcome, ChunkStatus
+from custody.chunks.retry import is_transient
+from custody.errors import CustodyError, safe_error
+
+ChunkWork = Callable[[Chunk], ChunkOutcome]
+"""Does one chunk's work idempotently and returns both sides' counts and hashes."""
+
+
+class ChunkFailedError(CustodyError):
+    """A chunk failed; the message is PHI-free, the full error is in the ledger."""
+
+    def __init__(self, chunk: Chunk, reason: str, *, transient: bool) -> None:
+        """Describe the failure of ``chunk`` without quoting any data."""
+        super().__init__(f"chunk {chunk.ref} failed: {reason}")
+        self.ref = chunk.ref
+        self.reason = reason
+        self.transient = transient
+
+
+def run_chunk(
+    chunk: Chunk,
+    work: ChunkWork,
+    *,
+    ledger: Ledger,
+    audit: AuditLog,
+    principal: str,
+    correlation_id: str | None,
+    final_attempt: bool,
+) -> ChunkOutcome | None:
+    """Run one chunk unless the ledger already shows it verified (then return None).
+
+    Raises:
+        ChunkFailedError: the work raised or did not verify. ``transient`` says whether a retry
+            may help; on the final attempt (or a non-transient error) a dead letter is filed.
+    """
+    if ledger.status_of(chunk) is ChunkStatus.VERIFIED:
+        return None
+    attempt = ledger.start(chunk)
+    try:
+        outcome = work(chunk)
+    except Exception as exc:
+        transient = is_transient(exc)
+        last = final_attempt or not transient
+        ledger.fail(chunk, type(exc).__name__, str(exc), dead_letter=last)
+        if last:
+            _audit(audit, chunk, principal, correlation_id, AuditStatus.FAILED,
+                   attempt=attempt, error=safe_error(exc))  # fmt: skip
+        raise ChunkFailedError(chunk, safe_error(exc), transient=transient) from None
+    if not outcome.verified:
+        reason = (
+            f"verification mismatch: source {outcome.source_count} rows/{outcome.source_hash}, "
+            f"target {outcome.target_count} rows/{outcome.target_hash}"
+        )
+        ledger.finish(chunk, outcome, error=reason)
+        ledger.fail(chunk, "VerificationMismatch", reason, dead_letter=True)
+        _audit(audit, chunk, principal, correlation_id, AuditStatus.FAILED,
+               attempt=attempt, error=reason, **outcome.model_dump())  # fmt: skip
+        raise ChunkFailedError(chunk, reason, transient=False)
+    ledger.finish(chunk, outcome)
+    _audit(audit, chunk, principal, correlation_id, AuditStatus.SUCCESS,
+           attempt=attempt, **outcome.model_dump())  # fmt: skip
+    return outcome
+
+
+def _audit(
+    audit: AuditLog,
+    chunk: Chunk,
+    principal: str,
+    correlation_id: str | None,
+    status: AuditStatus,
+    **details: Any,
+) -> None:
+    verb = "chunk_processed" if status is AuditStatus.SUCCESS else "chunk_failed"
+    audit.log(
+        AuditEvent(
+            principal=principal,
+            action=f"{chunk.audit_prefix}.{verb}",
+            status=status,
+            resource_type="job_chunk",
+            resource_id=chunk.ref,
+            correlation_id=correlation_id,
+            details={"job_id": chunk.job_id, "chunk_no": chunk.chunk_no, **details},
+        )
+    )

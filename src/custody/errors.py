@@ -1,0 +1,36 @@
+"""Exceptions that carry a message a data engineer can act on."""
+
+
+class CustodyError(Exception):
+    """Base class for errors raised by custody itself (not by a driver or library)."""
+
+
+class ConfigError(CustodyError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class InvalidIdentifierError(CustodyError, ValueError):
+    """A table or column name was refused before it could reach SQL."""
+
+
+class AuditChainError(CustodyError):
+    """The audit chain could not be appended to or read consistently."""
+
+
+class JobPlanMismatchError(CustodyError):
+    """A job id was reused with parameters that would change its stored chunk plan."""
+
+
+def safe_error(exc: BaseException) -> str:
+    """Describe an exception without its message, which may quote row values (PHI).
+
+    Database errors keep their SQLSTATE so an engineer can still tell a lost connection from a
+    constraint violation; the full message goes only to custody's own store (ledger, dead letters).
+    """
+    cause: BaseException | None = exc
+    sqlstate = None
+    while cause is not None and sqlstate is None:
+        sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    name = type(exc).__name__
+    return f"{name} (SQLSTATE {sqlstate})" if sqlstate else name

@@ -1,0 +1,179 @@
+"""The only module of the library that imports Prefect: artifacts, events, run context, secrets.
+
+Everything that crosses into Prefect goes through here, so this is where PHI is kept out: only
+counts, action names, data classes, sequence numbers, hashes and references are sent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+
+from custody.audit import AuditEvent
+from custody.audit.queries import run_summary
+
+
+def current_flow_run_id() -> str | None:
+    """Id of the flow run we are inside, used as the audit correlation id."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+def load_secret_block(name: str) -> str | None:
+    """Value of a Prefect Secret block, or None when no such block exists."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block = Secret.load(name)
+    except (ValueError, RuntimeError):
+        return None
+    value = block.get()
+    return str(value)
+
+
+def emit_critical_event(event: AuditEvent, seq: int) -> None:
+    """Announce a critical audit event to Prefect, so an automation can notify someone.
+
+    The payload identifies the event by sequence number and action only: the resource id and
+    details stay in audit_log, inside the HIPAA boundary.
+    """
+    from prefect.events import emit_event
+
+    emit_event(
+        event=f"custody.{event.action}",
+        resource={
+            "prefect.resource.id": f"custody.audit-event.{seq}",
+            "prefect.resource.name": event.action,
+            "custody.severity": event.severity.value,
+        },
+        payload={
+            "audit_seq": seq,
+            "action": event.action,
+            "status": event.status.value,
+            "resource_type": event.resource_type,
+            "data_classification": event.data_classification.value,
+            "occurred_at": event.occurred_at.isoformat(),
+        },
+    )
+
+
+def artifact_key(text: str) -> str:
+    """Artifact keys must be lowercase letters, digits and dashes."""
+    cleaned = "".join(ch if ch.isalnum() else "-" for ch in text.lower())
+    return "-".join(part for part in cleaned.split("-") if part)[:100]
+
+
+def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[str, int]:
+    """Turn a run's audit events into a table artifact and a markdown summary.
+
+    Returns:
+        Event counts by status, for the caller's own summary.
+    """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    rows = run_summary(engine, correlation_id)
+    key = artifact_key(f"{title}-audit")
+    create_table_artifact(
+        table=rows or [{"action": "(none)", "events": 0}],
+        key=key,
+        description=f"Audit events written by this run ({title}); no resource ids or details.",
+    )
+    by_status: dict[str, int] = {}
+    for row in rows:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + int(row["events"])
+    total = sum(by_status.values())
+    lines = [
+        f"# {title}: audit trail",
+        "",
+        f"{total} audit events were chained and signed for this run"
+        + (f" (seq {rows[0]['first_seq']} to {max(r['last_seq'] for r in rows)})." if rows else "."),
+        "",
+        "| action | status | events |",
+        "|---|---|---|",
+        *[f"| `{r['action']}` | {r['status']} | {r['events']} |" for r in rows],
+        "",
+        "Verify the whole chain with `custody audit verify`.",
+    ]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(f"{title}-audit-summary"))
+    return by_status
+
+
+class ProgressReporter:
+    """A Prefect progress artifact with done/total and an ETA in its description."""
+
+    def __init__(self, title: str, total: int, unit: str = "chunks") -> None:
+        """Create the artifact at 0%."""
+        from prefect.artifacts import create_progress_artifact
+
+        self.title = title
+        self.total = max(total, 0)
+        self.unit = unit
+        self.done = 0
+        self._started = time.monotonic()
+        self._artifact_id = create_progress_artifact(
+            progress=0.0 if self.total else 100.0,
+            key=artifact_key(f"{title}-progress"),
+            description=self._describe(),
+        )
+
+    def advance(self, n: int = 1, **extra: Any) -> None:
+        """Count ``n`` more units done and refresh percentage and ETA."""
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += n
+        update_progress_artifact(
+            self._artifact_id, progress=self.percent, description=self._describe(**extra)
+        )
+
+    @property
+    def percent(self) -> float:
+        """Done so far, 0 to 100."""
+        return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
+
+    def _describe(self, **extra: Any) -> str:
+        elapsed = time.monotonic() - self._started
+        parts = [f"{self.title}: {self.done}/{self.total} {self.unit}"]
+        if 0 < self.done < self.total:
+            eta = elapsed / self.done * (self.total - self.done)
+            parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        parts += [f"{k}={v}" for k, v in extra.items()]
+        return ", ".join(parts)
+
+
+def publish_batch_result(title: str, job_id: str, result: Any, seconds: float) -> None:
+    """Summary table and markdown report of a chunked job (a ``BatchResult``)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(
+        table=[
+            {
+                "job_id": job_id,
+                "status": result.status,
+                "chunks": result.total,
+                "verified_now": result.successful,
+                "already_verified": result.skipped,
+                "failed": result.failed,
+                "rows": result.rows,
+                "seconds": round(seconds, 2),
+                "rows_per_s": round(result.rows / seconds) if seconds > 0 else None,
+            }
+        ],
+        key=artifact_key(f"{title}-summary"),
+        description=f"{title}: chunk counts and throughput",
+    )
+    lines = [
+        f"# {title}: {result.status}",
+        "",
+        f"- job `{job_id}`: {result.total} chunks, {result.successful} verified in this run, "
+        f"{result.skipped} already verified, {result.failed} failed",
+        f"- {result.rows} rows in {seconds:.1f} s",
+    ]
+    if result.failures:
+        lines += ["", "## Failed chunks", "", "| chunk | reason |", "|---|---|"]
+        lines += [f"| `{f.ref}` | {f.error} |" for f in result.failures[:200]]
+        lines += ["", "Full errors are in the `job_chunks` ledger and `dead_letters` table."]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(f"{title}-report"))

@@ -1,0 +1,164 @@
+"""Runtime settings, read from ``CUSTODY_*`` environment variables or a ``.env`` file.
+
+Secrets (database URLs with passwords, HMAC keys) live here and never in flow parameters:
+flows name a connection (``source="legacy_ehr"``) and it is resolved inside the worker, so the
+Prefect API, which may run outside the HIPAA boundary, never sees it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AnyUrl, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from custody.errors import ConfigError
+
+_CONNECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MIN_HMAC_KEY_BYTES = 32
+
+
+class Settings(BaseSettings):
+    """Everything custody reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CUSTODY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    work_dir: Path = Field(
+        default=Path(".custody"),
+        description="Where the embedded defaults live: the SQLite store and local object store.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of custody's own store (audit_log, job_chunks, dead_letters). "
+        "Default: a SQLite file in the work directory.",
+    )
+    connections: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named database connections: CUSTODY_CONNECTIONS__<NAME>=<url>.",
+    )
+    object_store_url: str | None = Field(
+        default=None,
+        description="file:///path (default: <work_dir>/objects) or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: AnyUrl | None = Field(
+        default=None, description="Endpoint of an S3-compatible server (SeaweedFS, MinIO, ...)."
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    hmac_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Audit signing keys by key id, as JSON: CUSTODY_HMAC_KEYS=\'{"k2026": "..."}\'.',
+    )
+    hmac_active_key_id: str | None = Field(
+        default=None, description="Key id that signs new audit events (default: the only key)."
+    )
+    principal: str = Field(
+        default="custody", description="Principal recorded on audit events written by pipelines."
+    )
+    task_runner: Annotated[str, Field(pattern="^(threads|dask)$")] = Field(
+        default="threads", description="How chunk tasks run: a thread pool or a Dask cluster."
+    )
+
+    @field_validator("connections", mode="before")
+    @classmethod
+    def _lower_connection_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k).lower(): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        for key_id, secret in self.hmac_keys.items():
+            if len(secret.get_secret_value().encode()) < MIN_HMAC_KEY_BYTES:
+                raise ValueError(
+                    f"CUSTODY_HMAC_KEYS: key {key_id!r} is shorter than {MIN_HMAC_KEY_BYTES} bytes"
+                )
+        if self.hmac_active_key_id and self.hmac_active_key_id not in self.hmac_keys:
+            raise ValueError(
+                f"CUSTODY_HMAC_ACTIVE_KEY_ID={self.hmac_active_key_id!r} is not a key id in "
+                "CUSTODY_HMAC_KEYS"
+            )
+        return self
+
+    def store_url(self) -> str:
+        """URL of custody's own store, defaulting to SQLite in the work directory."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.work_dir / 'custody.db').resolve()}"
+
+    def resolved_object_store_url(self) -> str:
+        """Object store URL, defaulting to a directory in the work directory."""
+        return self.object_store_url or (self.work_dir / "objects").resolve().as_uri()
+
+    def connection_url(self, name: str) -> str:
+        """Resolve a named connection to its URL.
+
+        Looks in ``CUSTODY_CONNECTIONS__<NAME>`` first, then in a Prefect Secret block named
+        ``custody-connection-<name>`` (so deployments can keep URLs in Prefect's secret store).
+
+        Raises:
+            ConfigError: the name is malformed or nothing defines it.
+        """
+        key = name.lower()
+        if not _CONNECTION_NAME.match(key):
+            raise ConfigError(
+                f"connection name {name!r} is not valid: use lowercase letters, digits and "
+                "underscores, starting with a letter"
+            )
+        if key in self.connections:
+            return self.connections[key].get_secret_value()
+        from custody.prefect_glue import load_secret_block
+
+        secret = load_secret_block(f"custody-connection-{key.replace('_', '-')}")
+        if secret is not None:
+            return secret
+        raise ConfigError(
+            f"connection {name!r} is not configured: set CUSTODY_CONNECTIONS__{key.upper()} "
+            f"or create a Prefect Secret block 'custody-connection-{key.replace('_', '-')}'"
+        )
+
+    def require_hmac_keys(self) -> tuple[str, dict[str, bytes]]:
+        """Return (active key id, all keys) or fail naming the variables to set.
+
+        Raises:
+            ConfigError: no signing key is configured.
+        """
+        if not self.hmac_keys:
+            raise ConfigError(
+                "no audit signing key: set CUSTODY_HMAC_KEYS to a JSON object of key id -> secret "
+                f'(at least {MIN_HMAC_KEY_BYTES} bytes), e.g. CUSTODY_HMAC_KEYS=\'{{"k1": "..."}}\''
+            )
+        keys = {k: v.get_secret_value().encode() for k, v in self.hmac_keys.items()}
+        active = self.hmac_active_key_id
+        if active is None:
+            if len(keys) > 1:
+                raise ConfigError(
+                    "several keys in CUSTODY_HMAC_KEYS: set CUSTODY_HMAC_ACTIVE_KEY_ID to the one "
+                    "that signs new events"
+                )
+            active = next(iter(keys))
+        return active, keys
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load settings once per process; raise ConfigError naming the bad variable."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid custody settings: {exc}") from exc
+
+
+def reset_settings_cache() -> None:
+    """Forget loaded settings (tests and the demo change the environment)."""
+    get_settings.cache_clear()

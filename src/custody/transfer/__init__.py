@@ -1,0 +1,1 @@
+"""Moving rows between databases in verified key ranges."""
