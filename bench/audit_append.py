@@ -25,8 +25,16 @@ from custody.audit.append import COLUMNS
 from custody.db import get_engine
 from custody.store import upgrade
 
-PG_TYPES = ["int8", "timestamptz", "timestamptz", "uuid", *["text"] * 9, "int4", "jsonb",
-            *["text"] * 4]  # fmt: skip
+PG_TYPES = [
+    "int8",
+    "timestamptz",
+    "timestamptz",
+    "uuid",
+    *["text"] * 9,
+    "int4",
+    "jsonb",
+    *["text"] * 4,
+]
 
 
 def event_batches(total: int, batch: int) -> Iterator[list[AuditEvent]]:
@@ -76,7 +84,7 @@ def main() -> None:
             with driver.cursor() as cur:
                 set_json_dumps(orjson.dumps, context=cur)
                 with cur.copy(
-                f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+                    f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
                     copy.set_types(PG_TYPES)
                     for row in rows:
@@ -89,14 +97,18 @@ def main() -> None:
         with raw_engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar() == args.events
 
-    print(json.dumps({
-        "events": args.events,
-        "batch": args.batch,
-        "ours_per_s": round(args.events / ours),
-        "baseline_per_s": round(args.events / baseline),
-        "ratio": round(baseline / ours, 3),
-        "peak_rss_mb": peak_rss_mb(),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "events": args.events,
+                "batch": args.batch,
+                "ours_per_s": round(args.events / ours),
+                "baseline_per_s": round(args.events / baseline),
+                "ratio": round(baseline / ours, 3),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field
 
 from custody.audit import AuditStatus
@@ -25,19 +26,27 @@ class CopyTableParams(BaseModel):
 
     model_config = ConfigDict(title="Copy a table in verified chunks", extra="forbid")
 
-    source: str = Field(title="Source connection", pattern=CONNECTION,
-                        description="Name of a configured connection, never a URL.")  # fmt: skip
+    source: str = Field(
+        title="Source connection",
+        pattern=CONNECTION,
+        description="Name of a configured connection, never a URL.",
+    )
     target: str = Field(title="Target connection", pattern=CONNECTION)
     table: str = Field(title="Table", pattern=SQL_NAME)
-    key_column: str = Field(title="Key column", pattern=SQL_NAME,
-                            description="Unique integer or text column to chunk on.")  # fmt: skip
+    key_column: str = Field(
+        title="Key column",
+        pattern=SQL_NAME,
+        description="Unique integer or text column to chunk on.",
+    )
     chunk_size: int = Field(default=50_000, ge=1, le=1_000_000, title="Rows per chunk")
     max_concurrency: int = Field(default=4, ge=1, le=64, title="Chunks in flight")
     continue_on_error: bool = Field(default=True, title="Continue after a failed chunk")
     job_id: str | None = Field(
-        default=None, title="Job id", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        default=None,
+        title="Job id",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
         description="Re-use an earlier job id to resume it; empty starts a new job.",
-    )  # fmt: skip
+    )
 
 
 @flow(name="copy-table", description="Copy a table in verified, resumable chunks.")
@@ -46,24 +55,42 @@ def copy_table(params: CopyTableParams) -> BatchResult | State[BatchResult]:
     started = time.monotonic()
     job_id = params.job_id or f"copy-{params.table}-{current_flow_run_id() or 'local'}"[:128]
     title = f"copy-{params.table}"
-    record_event("data.copy.started", AuditStatus.STARTED, "table", params.table,
-                 details={"job_id": job_id, "source": params.source, "target": params.target})
+    record_event(
+        "data.copy.started",
+        AuditStatus.STARTED,
+        "table",
+        params.table,
+        details={"job_id": job_id, "source": params.source, "target": params.target},
+    )
     prepare_target_table(params.source, params.target, params.table)
     spec = JobSpec(
-        job_id=job_id, kind="copy", subject=f"{params.source}.{params.table}",
-        key_column=params.key_column, chunk_size=params.chunk_size, audit_prefix="data.copy",
-    )  # fmt: skip
+        job_id=job_id,
+        kind="copy",
+        subject=f"{params.source}.{params.table}",
+        key_column=params.key_column,
+        chunk_size=params.chunk_size,
+        audit_prefix="data.copy",
+    )
     plan = plan_table_chunks(spec, params.source, params.table)
     work = CopyRangeWork(params.source, params.target, params.table, params.key_column)
-    result = run_chunks(plan, work, max_concurrency=params.max_concurrency,
-                        continue_on_error=params.continue_on_error, title=title)  # fmt: skip
+    result = run_chunks(
+        plan,
+        work,
+        max_concurrency=params.max_concurrency,
+        continue_on_error=params.continue_on_error,
+        title=title,
+    )
     record_event(
-        "data.copy.completed", AuditStatus(result.status), "table", params.table,
+        "data.copy.completed",
+        AuditStatus(result.status),
+        "table",
+        params.table,
         details={"job_id": job_id, **result.model_dump(exclude={"failures"})},
-    )  # fmt: skip
+    )
     publish_batch_result(title, job_id, result, time.monotonic() - started)
     publish_audit_artifacts(title)
     if result.failed:
-        return Failed(message=f"{result.failed} of {result.total} chunks failed (job {job_id})",
-                      data=result)  # fmt: skip
+        return Failed(
+            message=f"{result.failed} of {result.total} chunks failed (job {job_id})", data=result
+        )
     return result

@@ -32,10 +32,15 @@ def custody_demo(params: DemoParams | None = None) -> dict[str, Any]:
     counts = generate_ehr(params.source, params.patients)
     simulate_phi_access(params.access_events, params.patients)
     copy_state = copy_table(
-        CopyTableParams(source=params.source, target=params.target, table="lab_results",
-                        key_column="result_id", chunk_size=params.chunk_size),
+        CopyTableParams(
+            source=params.source,
+            target=params.target,
+            table="lab_results",
+            key_column="result_id",
+            chunk_size=params.chunk_size,
+        ),
         return_state=True,
-    )  # fmt: skip
+    )
     copied = copy_state.result(raise_on_failure=False)
     chain = verify_audit_chain()
     publish_audit_artifacts("custody-demo")

@@ -12,8 +12,14 @@ from custody.prefect_glue import publish_run_audit
 from tasks.runtime import runtime
 
 
-@task(name="audit-event", cache_policy=NO_CACHE, persist_result=False, retries=2,
-      retry_delay_seconds=1, tags=["custody", "audit"])  # fmt: skip
+@task(
+    name="audit-event",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=1,
+    tags=["custody", "audit"],
+)
 def record_event(
     action: str,
     status: AuditStatus,
@@ -39,8 +45,12 @@ def record_event(
     return result.last_seq
 
 
-@task(name="publish-audit-artifacts", cache_policy=NO_CACHE, persist_result=False,
-      tags=["custody", "audit"])  # fmt: skip
+@task(
+    name="publish-audit-artifacts",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    tags=["custody", "audit"],
+)
 def publish_audit_artifacts(title: str) -> dict[str, int]:
     """Table and markdown artifacts of the current run's audit events."""
     rt = runtime()
@@ -50,8 +60,12 @@ def publish_audit_artifacts(title: str) -> dict[str, int]:
     return publish_run_audit(rt.store, run_id, title)
 
 
-@task(name="verify-audit-chain", cache_policy=NO_CACHE, persist_result=False,
-      tags=["custody", "audit"])  # fmt: skip
+@task(
+    name="verify-audit-chain",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    tags=["custody", "audit"],
+)
 def verify_audit_chain() -> dict[str, Any]:
     """Walk the whole chain; the result names the first broken event, never its content."""
     rt = runtime()

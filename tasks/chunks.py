@@ -15,11 +15,10 @@ from typing import Any
 import orjson
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
-from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from custody.chunks import (
@@ -60,16 +59,23 @@ def _chunk_run_name() -> str:
     return f"chunk-{chunk.chunk_no}"
 
 
-@task(name="plan-chunks", cache_policy=NO_CACHE, persist_result=False, retries=2,
-      retry_delay_seconds=2, tags=["custody", "plan"])  # fmt: skip
+@task(
+    name="plan-chunks",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=2,
+    tags=["custody", "plan"],
+)
 def plan_table_chunks(spec: JobSpec, connection: str, table: str) -> JobPlan:
     """Plan keyset chunks over a table, or load the stored plan when the job id exists."""
     rt = runtime()
     engine = rt.engine(connection)
 
     def make_ranges() -> list[tuple[Any, Any]]:
-        return plan_key_ranges(engine, reflect_table(engine, table), spec.key_column,
-                               spec.chunk_size)  # fmt: skip
+        return plan_key_ranges(
+            engine, reflect_table(engine, table), spec.key_column, spec.chunk_size
+        )
 
     return rt.ledger.plan(spec, make_ranges)
 
@@ -143,7 +149,9 @@ def run_chunks(
         chunk = in_flight.pop(future)
         outcome = future.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
-            reason = outcome.reason if isinstance(outcome, ChunkFailedError) else safe_error(outcome)
+            reason = (
+                outcome.reason if isinstance(outcome, ChunkFailedError) else safe_error(outcome)
+            )
             failures.append(ChunkFailure(ref=chunk.ref, error=reason))
         elif outcome is None:
             skipped += 1
@@ -154,8 +162,7 @@ def run_chunks(
         if continue_on_error or not failures:
             submit_next()
     failures += [
-        ChunkFailure(ref=c.ref, error="not run: stopped after an earlier failure")
-        for c in waiting
+        ChunkFailure(ref=c.ref, error="not run: stopped after an earlier failure") for c in waiting
     ]
     return BatchResult(
         total=len(plan.chunks),

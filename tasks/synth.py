@@ -9,15 +9,23 @@ from custody.synth import SynthCounts, access_events, write_ehr
 from tasks.runtime import runtime
 
 
-@task(name="generate-synthetic-ehr", cache_policy=NO_CACHE, persist_result=False,
-      tags=["custody", "synthetic"])  # fmt: skip
+@task(
+    name="generate-synthetic-ehr",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    tags=["custody", "synthetic"],
+)
 def generate_ehr(connection: str, patients: int, seed: int = 7) -> SynthCounts:
     """Write a seeded synthetic hospital (patients, encounters, lab results) to a connection."""
     return write_ehr(runtime().engine(connection), patients_n=patients, seed=seed)
 
 
-@task(name="simulate-phi-access", cache_policy=NO_CACHE, persist_result=False,
-      tags=["custody", "synthetic"])  # fmt: skip
+@task(
+    name="simulate-phi-access",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    tags=["custody", "synthetic"],
+)
 def simulate_phi_access(count: int, patients: int, seed: int = 11) -> int:
     """Append application-style PHI access events through the buffered writer."""
     rt = runtime()

@@ -10,8 +10,14 @@ from custody.transfer.generic import ensure_target_table
 from tasks.runtime import runtime
 
 
-@task(name="prepare-target-table", cache_policy=NO_CACHE, persist_result=False, retries=2,
-      retry_delay_seconds=2, tags=["custody", "schema"])  # fmt: skip
+@task(
+    name="prepare-target-table",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=2,
+    tags=["custody", "schema"],
+)
 def prepare_target_table(source: str, target: str, table: str) -> bool:
     """Create the target table from the reflected source when missing; True if it was created."""
     rt = runtime()

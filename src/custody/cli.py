@@ -9,8 +9,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from custody.errors import CustodyError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,14 +48,23 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(handler=_audit_verify)
     parts = audit.add_parser("partitions", help="create monthly audit_log partitions ahead")
-    parts.add_argument("--from", dest="start", type=_month, default=None,
-                       help="first month, YYYY-MM (default: this month)")  # fmt: skip
+    parts.add_argument(
+        "--from",
+        dest="start",
+        type=_month,
+        default=None,
+        help="first month, YYYY-MM (default: this month)",
+    )
     parts.add_argument("--months", type=int, default=3, help="how many months (default 3)")
     parts.set_defaults(handler=_audit_partitions)
 
     demo = commands.add_parser("demo", help="run everything end to end on embedded defaults")
-    demo.add_argument("--work-dir", type=Path, default=Path("custody-demo"),
-                      help="where the demo keeps its databases, objects and key")  # fmt: skip
+    demo.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("custody-demo"),
+        help="where the demo keeps its databases, objects and key",
+    )
     demo.add_argument("--patients", type=int, default=300)
     demo.add_argument("--access-events", type=int, default=5_000)
     demo.set_defaults(handler=_demo)
@@ -65,7 +78,7 @@ def _month(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"expected YYYY-MM, got {text!r}") from None
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> Engine:
     from custody.db import get_engine
     from custody.settings import get_settings
 

@@ -91,11 +91,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> Any:
+        """Text on SQLite, timestamptz elsewhere."""
         if dialect.name == "sqlite":
             return dialect.type_descriptor(String(32))
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        """Refuse naive values; convert to UTC (and to text on SQLite)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -106,6 +108,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        """Always hand back an aware UTC datetime."""
         if value is None:
             return None
         if isinstance(value, str):

@@ -30,7 +30,7 @@ def prepare_demo_environment(work_dir: Path) -> dict[str, str]:
     if not env_file.exists():
         key_id = "demo-k1"
         env_file.write_text(
-            f"CUSTODY_HMAC_KEYS={{\"{key_id}\": \"{secrets.token_hex(32)}\"}}\n"
+            f'CUSTODY_HMAC_KEYS={{"{key_id}": "{secrets.token_hex(32)}"}}\n'
             f"CUSTODY_HMAC_ACTIVE_KEY_ID={key_id}\n"
         )
         env_file.chmod(0o600)

@@ -29,7 +29,9 @@ def reflect_table(engine: Engine, name: str, schema: str | None = None) -> Table
     if not inspect(engine).has_table(name, schema=schema):
         where = f"{schema}.{name}" if schema else name
         raise InvalidIdentifierError(f"table {where!r} does not exist in the database")
-    return Table(name, MetaData(), schema=schema, autoload_with=engine)
+    table = Table(name, MetaData(), schema=schema, autoload_with=engine)
+    table.info["dialect"] = engine.dialect.name  # types are only exact within one dialect
+    return table
 
 
 def check_column(table: Table, column: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import Engine
 
@@ -31,7 +32,7 @@ def load_secret_block(name: str) -> str | None:
         block = Secret.load(name)
     except (ValueError, RuntimeError):
         return None
-    value = block.get()
+    value = block.get()  # type: ignore[union-attr]  # sync context: a Secret, not a coroutine
     return str(value)
 
 
@@ -90,7 +91,9 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
         f"# {title}: audit trail",
         "",
         f"{total} audit events were chained and signed for this run"
-        + (f" (seq {rows[0]['first_seq']} to {max(r['last_seq'] for r in rows)})." if rows else "."),
+        + (
+            f" (seq {rows[0]['first_seq']} to {max(r['last_seq'] for r in rows)})." if rows else "."
+        ),
         "",
         "| action | status | events |",
         "|---|---|---|",
@@ -114,7 +117,7 @@ class ProgressReporter:
         self.unit = unit
         self.done = 0
         self._started = time.monotonic()
-        self._artifact_id = create_progress_artifact(
+        self._artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]
             progress=0.0 if self.total else 100.0,
             key=artifact_key(f"{title}-progress"),
             description=self._describe(),

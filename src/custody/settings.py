@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     hmac_keys: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description='Audit signing keys by key id, as JSON: CUSTODY_HMAC_KEYS=\'{"k2026": "..."}\'.',
+        description='Audit signing keys by key id, as JSON: CUSTODY_HMAC_KEYS={"k1": "..."}.',
     )
     hmac_active_key_id: str | None = Field(
         default=None, description="Key id that signs new audit events (default: the only key)."

@@ -16,15 +16,47 @@ from custody.db import is_postgres
 from custody.store.tables import audit_chain_head, audit_log
 
 COLUMNS = (
-    "seq", "occurred_at", "recorded_at", "event_id", "principal", "action", "status", "severity",
-    "resource_type", "resource_id", "correlation_id", "regulation", "data_classification",
-    "retention_days", "details", "prev_hash", "row_hash", "key_id", "signature",
-)  # fmt: skip
+    "seq",
+    "occurred_at",
+    "recorded_at",
+    "event_id",
+    "principal",
+    "action",
+    "status",
+    "severity",
+    "resource_type",
+    "resource_id",
+    "correlation_id",
+    "regulation",
+    "data_classification",
+    "retention_days",
+    "details",
+    "prev_hash",
+    "row_hash",
+    "key_id",
+    "signature",
+)
 _PG_TYPES = (
-    "int8", "timestamptz", "timestamptz", "uuid", "text", "text", "text", "text",
-    "text", "text", "text", "text", "text",
-    "int4", "jsonb", "text", "text", "text", "text",
-)  # fmt: skip
+    "int8",
+    "timestamptz",
+    "timestamptz",
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "jsonb",
+    "text",
+    "text",
+    "text",
+    "text",
+)
 _COPY_SQL = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
@@ -90,17 +122,43 @@ def _chain(
     sign = keyring.sign
     for seq, e in enumerate(events, start=first_seq):
         digest = content_digest(
-            e.event_id, e.occurred_at, recorded_at, e.principal, e.action, e.status, e.severity,
-            e.resource_type, e.resource_id, e.correlation_id, e.regulation,
-            e.data_classification, e.retention_days, e.details,
-        )  # fmt: skip
+            e.event_id,
+            e.occurred_at,
+            recorded_at,
+            e.principal,
+            e.action,
+            e.status,
+            e.severity,
+            e.resource_type,
+            e.resource_id,
+            e.correlation_id,
+            e.regulation,
+            e.data_classification,
+            e.retention_days,
+            e.details,
+        )
         row_hash = link_hash(prev, seq, digest)
         yield (
-            seq, e.occurred_at, recorded_at, e.event_id, e.principal, e.action, e.status.value,
-            e.severity.value, e.resource_type, e.resource_id, e.correlation_id, e.regulation,
-            e.data_classification.value, e.retention_days, e.details, prev, row_hash, key_id,
+            seq,
+            e.occurred_at,
+            recorded_at,
+            e.event_id,
+            e.principal,
+            e.action,
+            e.status.value,
+            e.severity.value,
+            e.resource_type,
+            e.resource_id,
+            e.correlation_id,
+            e.regulation,
+            e.data_classification.value,
+            e.retention_days,
+            e.details,
+            prev,
+            row_hash,
+            key_id,
             sign(row_hash),
-        )  # fmt: skip
+        )
         prev = row_hash
 
 

@@ -83,9 +83,7 @@ class AuditEvent(BaseModel):
     def _to_utc(cls, value: dt.datetime) -> dt.datetime:
         return value.astimezone(dt.UTC)
 
-    @field_validator(
-        "principal", "resource_type", "resource_id", "correlation_id", "regulation"
-    )
+    @field_validator("principal", "resource_type", "resource_id", "correlation_id", "regulation")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:

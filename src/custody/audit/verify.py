@@ -48,27 +48,62 @@ def verify_chain(engine: Engine, keyring: Keyring, batch_size: int = 10_000) -> 
         for row in rows:
             seq = int(row.seq)
 
-            def broken(at: int, reason: str, checked: int = checked) -> VerifyResult:
-                return VerifyResult(False, checked, seq, at, reason)
-
             if seq != expected_seq:
                 if seq < expected_seq:
-                    return broken(seq, f"duplicate sequence number {seq}")
-                return broken(expected_seq, f"gap: seq {expected_seq} missing, next is {seq}")
+                    return VerifyResult(
+                        False, checked, seq, seq, f"duplicate sequence number {seq}"
+                    )
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    expected_seq,
+                    f"gap: seq {expected_seq} missing, next is {seq}",
+                )
             if row.prev_hash != prev:
-                return broken(seq, "broken link: prev_hash is not the previous row's hash")
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    seq,
+                    "broken link: prev_hash is not the previous row's hash",
+                )
             digest = content_digest(
-                row.event_id, row.occurred_at, row.recorded_at, row.principal, row.action,
-                row.status, row.severity, row.resource_type, row.resource_id,
-                row.correlation_id, row.regulation, row.data_classification,
-                row.retention_days, row.details,
-            )  # fmt: skip
+                row.event_id,
+                row.occurred_at,
+                row.recorded_at,
+                row.principal,
+                row.action,
+                row.status,
+                row.severity,
+                row.resource_type,
+                row.resource_id,
+                row.correlation_id,
+                row.regulation,
+                row.data_classification,
+                row.retention_days,
+                row.details,
+            )
             if link_hash(prev, seq, digest) != row.row_hash:
-                return broken(seq, "hash mismatch: the row's content was altered")
+                return VerifyResult(
+                    False, checked, seq, seq, "hash mismatch: the row's content was altered"
+                )
             if row.key_id not in keyring.key_ids:
-                return broken(seq, f"unknown HMAC key id {row.key_id!r}: cannot verify signature")
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    seq,
+                    f"unknown HMAC key id {row.key_id!r}: cannot verify signature",
+                )
             if not keyring.verify(row.key_id, row.row_hash, row.signature):
-                return broken(seq, f"HMAC mismatch with key {row.key_id!r}: signature is forged")
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    seq,
+                    f"HMAC mismatch with key {row.key_id!r}: signature is forged",
+                )
             prev = row.row_hash
             expected_seq += 1
             checked += 1

@@ -57,20 +57,27 @@ class Ledger:
             with self.engine.begin() as connection:
                 connection.execute(
                     insert(jobs).values(
-                        job_id=spec.job_id, kind=spec.kind, subject=spec.subject,
-                        key_column=spec.key_column, chunk_size=spec.chunk_size,
-                        total_chunks=len(ranges), planned_at=now,
-                    )  # fmt: skip
+                        job_id=spec.job_id,
+                        kind=spec.kind,
+                        subject=spec.subject,
+                        key_column=spec.key_column,
+                        chunk_size=spec.chunk_size,
+                        total_chunks=len(ranges),
+                        planned_at=now,
+                    )
                 )
                 if ranges:
                     connection.execute(
                         insert(job_chunks),
                         [
                             {
-                                "job_id": spec.job_id, "chunk_no": n,
-                                "lower_key": _dump_key(lo), "upper_key": _dump_key(hi),
-                                "status": ChunkStatus.PENDING.value, "attempts": 0,
-                            }  # fmt: skip
+                                "job_id": spec.job_id,
+                                "chunk_no": n,
+                                "lower_key": _dump_key(lo),
+                                "upper_key": _dump_key(hi),
+                                "status": ChunkStatus.PENDING.value,
+                                "attempts": 0,
+                            }
                             for n, (lo, hi) in enumerate(ranges)
                         ],
                     )
@@ -81,8 +88,9 @@ class Ledger:
                 raise
             return raced
         chunks = tuple(
-            Chunk(job_id=spec.job_id, chunk_no=n, lower=lo, upper=hi,
-                  audit_prefix=spec.audit_prefix)  # fmt: skip
+            Chunk(
+                job_id=spec.job_id, chunk_no=n, lower=lo, upper=hi, audit_prefix=spec.audit_prefix
+            )
             for n, (lo, hi) in enumerate(ranges)
         )
         return JobPlan(spec=spec, chunks=chunks)
@@ -101,12 +109,18 @@ class Ledger:
                     "parameters to resume, or choose a new job id"
                 )
             rows = connection.execute(
-                select(job_chunks).where(job_chunks.c.job_id == spec.job_id)
+                select(job_chunks)
+                .where(job_chunks.c.job_id == spec.job_id)
                 .order_by(job_chunks.c.chunk_no)
-            ).all()  # fmt: skip
+            ).all()
         chunks = tuple(
-            Chunk(job_id=spec.job_id, chunk_no=r.chunk_no, lower=_load_key(r.lower_key),
-                  upper=_load_key(r.upper_key), audit_prefix=spec.audit_prefix)  # fmt: skip
+            Chunk(
+                job_id=spec.job_id,
+                chunk_no=r.chunk_no,
+                lower=_load_key(r.lower_key),
+                upper=_load_key(r.upper_key),
+                audit_prefix=spec.audit_prefix,
+            )
             for r in rows
         )
         verified = frozenset(r.chunk_no for r in rows if r.status == ChunkStatus.VERIFIED)
@@ -124,10 +138,15 @@ class Ledger:
         """Mark a chunk running and count the attempt; returns the attempt number."""
         with self.engine.begin() as connection:
             connection.execute(
-                update(job_chunks).where(*self._key(chunk)).values(
-                    status=ChunkStatus.RUNNING.value, attempts=job_chunks.c.attempts + 1,
-                    started_at=utc_now(), finished_at=None, error=None,
-                )  # fmt: skip
+                update(job_chunks)
+                .where(*self._key(chunk))
+                .values(
+                    status=ChunkStatus.RUNNING.value,
+                    attempts=job_chunks.c.attempts + 1,
+                    started_at=utc_now(),
+                    finished_at=None,
+                    error=None,
+                )
             )
             attempts = connection.execute(
                 select(job_chunks.c.attempts).where(*self._key(chunk))
@@ -139,24 +158,31 @@ class Ledger:
         status = ChunkStatus.VERIFIED if outcome.verified and error is None else ChunkStatus.FAILED
         with self.engine.begin() as connection:
             connection.execute(
-                update(job_chunks).where(*self._key(chunk)).values(
-                    status=status.value, source_count=outcome.source_count,
-                    source_hash=outcome.source_hash, target_count=outcome.target_count,
-                    target_hash=outcome.target_hash, error=error, finished_at=utc_now(),
-                )  # fmt: skip
+                update(job_chunks)
+                .where(*self._key(chunk))
+                .values(
+                    status=status.value,
+                    source_count=outcome.source_count,
+                    source_hash=outcome.source_hash,
+                    target_count=outcome.target_count,
+                    target_hash=outcome.target_hash,
+                    error=error,
+                    finished_at=utc_now(),
+                )
             )
 
-    def fail(
-        self, chunk: Chunk, error_type: str, error: str, *, dead_letter: bool
-    ) -> None:
+    def fail(self, chunk: Chunk, error_type: str, error: str, *, dead_letter: bool) -> None:
         """Record a failed attempt; on the final one, also file a dead letter for replay."""
         now = utc_now()
         with self.engine.begin() as connection:
             connection.execute(
-                update(job_chunks).where(*self._key(chunk)).values(
-                    status=ChunkStatus.FAILED.value, error=f"{error_type}: {error}",
+                update(job_chunks)
+                .where(*self._key(chunk))
+                .values(
+                    status=ChunkStatus.FAILED.value,
+                    error=f"{error_type}: {error}",
                     finished_at=now,
-                )  # fmt: skip
+                )
             )
             if not dead_letter:
                 return
@@ -171,8 +197,11 @@ class Ledger:
                 )
             ).scalar()
             values: dict[str, Any] = {
-                "error_type": error_type, "error": error, "attempts": attempts, "failed_at": now,
-            }  # fmt: skip
+                "error_type": error_type,
+                "error": error,
+                "attempts": attempts,
+                "failed_at": now,
+            }
             if open_letter is None:
                 connection.execute(
                     insert(dead_letters).values(job_id=chunk.job_id, item_ref=chunk.ref, **values)
@@ -187,10 +216,19 @@ class Ledger:
         c = job_chunks.c
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(c.status, func.count(), func.coalesce(func.sum(
-                    case((c.status == ChunkStatus.VERIFIED.value, c.target_count), else_=0)), 0))
-                .where(c.job_id == job_id).group_by(c.status)
-            ).all()  # fmt: skip
+                select(
+                    c.status,
+                    func.count(),
+                    func.coalesce(
+                        func.sum(
+                            case((c.status == ChunkStatus.VERIFIED.value, c.target_count), else_=0)
+                        ),
+                        0,
+                    ),
+                )
+                .where(c.job_id == job_id)
+                .group_by(c.status)
+            ).all()
         out = {status.value: 0 for status in ChunkStatus}
         out["rows"] = 0
         for status, count, verified_rows in rows:

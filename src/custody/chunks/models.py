@@ -41,9 +41,10 @@ class JobSpec(BaseModel):
     key_column: str
     chunk_size: int = Field(ge=1, le=10_000_000)
     audit_prefix: str = Field(
-        default="job", pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$",
+        default="job",
+        pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$",
         description="Audit actions are <prefix>.chunk_processed / <prefix>.chunk_failed",
-    )  # fmt: skip
+    )
 
     @field_validator("job_id")
     @classmethod

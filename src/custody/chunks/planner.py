@@ -23,13 +23,9 @@ def plan_key_ranges(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     key = table.c[check_column(table, key_column)]
-    numbered = select(
-        key.label("k"), func.row_number().over(order_by=key).label("rn")
-    ).subquery()
+    numbered = select(key.label("k"), func.row_number().over(order_by=key).label("rn")).subquery()
     boundaries_q = (
-        select(numbered.c.k)
-        .where(literal_column("rn") % chunk_size == 0)
-        .order_by(numbered.c.k)
+        select(numbered.c.k).where(literal_column("rn") % chunk_size == 0).order_by(numbered.c.k)
     )
     with engine.connect() as connection:
         boundaries = [_key(v) for v in connection.execute(boundaries_q).scalars()]
@@ -45,7 +41,5 @@ def plan_key_ranges(
 
 def _key(value: object) -> KeyValue:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise TypeError(
-            f"keyset chunking needs an integer or text key, got {type(value).__name__}"
-        )
+        raise TypeError(f"keyset chunking needs an integer or text key, got {type(value).__name__}")
     return value

@@ -56,8 +56,15 @@ def run_chunk(
         last = final_attempt or not transient
         ledger.fail(chunk, type(exc).__name__, str(exc), dead_letter=last)
         if last:
-            _audit(audit, chunk, principal, correlation_id, AuditStatus.FAILED,
-                   attempt=attempt, error=safe_error(exc))  # fmt: skip
+            _audit(
+                audit,
+                chunk,
+                principal,
+                correlation_id,
+                AuditStatus.FAILED,
+                attempt=attempt,
+                error=safe_error(exc),
+            )
         raise ChunkFailedError(chunk, safe_error(exc), transient=transient) from None
     if not outcome.verified:
         reason = (
@@ -66,12 +73,27 @@ def run_chunk(
         )
         ledger.finish(chunk, outcome, error=reason)
         ledger.fail(chunk, "VerificationMismatch", reason, dead_letter=True)
-        _audit(audit, chunk, principal, correlation_id, AuditStatus.FAILED,
-               attempt=attempt, error=reason, **outcome.model_dump())  # fmt: skip
+        _audit(
+            audit,
+            chunk,
+            principal,
+            correlation_id,
+            AuditStatus.FAILED,
+            attempt=attempt,
+            error=reason,
+            **outcome.model_dump(),
+        )
         raise ChunkFailedError(chunk, reason, transient=False)
     ledger.finish(chunk, outcome)
-    _audit(audit, chunk, principal, correlation_id, AuditStatus.SUCCESS,
-           attempt=attempt, **outcome.model_dump())  # fmt: skip
+    _audit(
+        audit,
+        chunk,
+        principal,
+        correlation_id,
+        AuditStatus.SUCCESS,
+        attempt=attempt,
+        **outcome.model_dump(),
+    )
     return outcome
 
 

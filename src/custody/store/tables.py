@@ -87,7 +87,9 @@ job_chunks = Table(
 dead_letters = Table(
     "dead_letters",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("job_id", Text, nullable=False),
     Column("item_ref", Text, nullable=False),
     Column("error_type", Text, nullable=False),

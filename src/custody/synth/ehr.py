@@ -33,7 +33,8 @@ from custody.db import UTCDateTime
 metadata = MetaData()
 
 patients = Table(
-    "patients", metadata,
+    "patients",
+    metadata,
     Column("patient_id", Integer, primary_key=True, autoincrement=False),
     Column("mrn", String(16), nullable=False, unique=True),
     Column("given_name", Text, nullable=False),
@@ -44,19 +45,21 @@ patients = Table(
     Column("city", Text, nullable=False),
     Column("postal_code", String(10), nullable=False),
     Column("phone", String(20)),
-)  # fmt: skip
+)
 
 encounters = Table(
-    "encounters", metadata,
+    "encounters",
+    metadata,
     Column("encounter_id", BigInteger, primary_key=True, autoincrement=False),
     Column("patient_id", Integer, ForeignKey("patients.patient_id"), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("encounter_class", String(16), nullable=False),
     Column("department", Text, nullable=False),
-)  # fmt: skip
+)
 
 lab_results = Table(
-    "lab_results", metadata,
+    "lab_results",
+    metadata,
     Column("result_id", BigInteger, primary_key=True, autoincrement=False),
     Column("patient_id", Integer, ForeignKey("patients.patient_id"), nullable=False),
     Column("encounter_id", BigInteger, ForeignKey("encounters.encounter_id"), nullable=False),
@@ -71,7 +74,7 @@ lab_results = Table(
     Column("collected_at", UTCDateTime, nullable=False),
     Column("resulted_at", UTCDateTime, nullable=False),
     Column("performing_lab", Text, nullable=False),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,62 @@ LABS = (
     Lab("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", 0.6, 1.3, 2),
     Lab("6301-6", "INR in Platelet poor plasma by Coagulation assay", "{INR}", 0.8, 1.2, 1),
     Lab("10839-9", "Troponin I.cardiac [Mass/volume] in Serum or Plasma", "ng/mL", 0.0, 0.04, 3),
-    Lab("1742-6", "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
-        "U/L", 7, 56, 0),
-)  # fmt: skip
+    Lab(
+        "1742-6",
+        "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
+        "U/L",
+        7,
+        56,
+        0,
+    ),
+)
 
-_GIVEN = ("Amara Wen Jonas Ilse Mateo Priya Tomasz Lena Kofi Rosa Henrik Yuki Omar Greta "
-          "Dmitri Nia Pablo Saoirse Ravi Ingrid Tariq Elena Bruno Chioma").split()  # fmt: skip
-_FAMILY = ("Okafor Lindqvist Marchetti Haddad Novak Ferreira Tanaka Brennan Kowalski Achebe "
-           "Moreau Castellanos Ivanova Fitzgerald Nakamura Oyelaran Schultz Duarte").split()  # fmt: skip
+_GIVEN = [
+    "Amara",
+    "Wen",
+    "Jonas",
+    "Ilse",
+    "Mateo",
+    "Priya",
+    "Tomasz",
+    "Lena",
+    "Kofi",
+    "Rosa",
+    "Henrik",
+    "Yuki",
+    "Omar",
+    "Greta",
+    "Dmitri",
+    "Nia",
+    "Pablo",
+    "Saoirse",
+    "Ravi",
+    "Ingrid",
+    "Tariq",
+    "Elena",
+    "Bruno",
+    "Chioma",
+]
+_FAMILY = [
+    "Okafor",
+    "Lindqvist",
+    "Marchetti",
+    "Haddad",
+    "Novak",
+    "Ferreira",
+    "Tanaka",
+    "Brennan",
+    "Kowalski",
+    "Achebe",
+    "Moreau",
+    "Castellanos",
+    "Ivanova",
+    "Fitzgerald",
+    "Nakamura",
+    "Oyelaran",
+    "Schultz",
+    "Duarte",
+]
 _STREETS = ("Maple Ave", "Harbor St", "Linden Rd", "Quarry Ln", "Orchard Way", "Mill Ct")
 _CITIES = ("Riverton", "Ashford", "Millbrook", "Eastvale", "Granite Falls")
 _DEPARTMENTS = ("Emergency", "Cardiology", "Oncology", "Internal Medicine", "Pediatrics")
@@ -128,28 +179,39 @@ def write_ehr(
     engine: Engine, patients_n: int = 200, results_per_patient: int = 20, seed: int = 7
 ) -> SynthCounts:
     """Create the tables and write a seeded synthetic hospital into them (replacing rows)."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not security
     create_ehr_tables(engine)
     now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     people, visits, results = [], [], []
     result_id = 0
     for pid in range(1, patients_n + 1):
         born = dt.date(1930, 1, 1) + dt.timedelta(days=rng.randrange(0, 33_000))
-        people.append({
-            "patient_id": pid, "mrn": f"MRN{pid:07d}", "given_name": rng.choice(_GIVEN),
-            "family_name": rng.choice(_FAMILY), "birth_date": born, "sex": rng.choice("FM"),
-            "address": f"{rng.randrange(1, 999)} {rng.choice(_STREETS)}",
-            "city": rng.choice(_CITIES), "postal_code": f"{rng.randrange(10000, 99999)}",
-            "phone": f"555-{rng.randrange(100, 999)}-{rng.randrange(1000, 9999)}",
-        })  # fmt: skip
+        people.append(
+            {
+                "patient_id": pid,
+                "mrn": f"MRN{pid:07d}",
+                "given_name": rng.choice(_GIVEN),
+                "family_name": rng.choice(_FAMILY),
+                "birth_date": born,
+                "sex": rng.choice("FM"),
+                "address": f"{rng.randrange(1, 999)} {rng.choice(_STREETS)}",
+                "city": rng.choice(_CITIES),
+                "postal_code": f"{rng.randrange(10000, 99999)}",
+                "phone": f"555-{rng.randrange(100, 999)}-{rng.randrange(1000, 9999)}",
+            }
+        )
         for visit in range(max(1, results_per_patient // 10)):
             eid = pid * 100 + visit
             started = now - dt.timedelta(minutes=rng.randrange(0, 60 * 24 * 365))
-            visits.append({
-                "encounter_id": eid, "patient_id": pid, "started_at": started,
-                "encounter_class": rng.choice(("ambulatory", "emergency", "inpatient")),
-                "department": rng.choice(_DEPARTMENTS),
-            })  # fmt: skip
+            visits.append(
+                {
+                    "encounter_id": eid,
+                    "patient_id": pid,
+                    "started_at": started,
+                    "encounter_class": rng.choice(("ambulatory", "emergency", "inpatient")),
+                    "department": rng.choice(_DEPARTMENTS),
+                }
+            )
             for _ in range(10 if results_per_patient >= 10 else results_per_patient):
                 result_id += 1
                 results.append(_result(rng, result_id, pid, eid, started))
@@ -173,27 +235,36 @@ def _result(
     collected = started + dt.timedelta(minutes=rng.randrange(5, 240))
     quant = Decimal(1).scaleb(-lab.decimals)
     return {
-        "result_id": result_id, "patient_id": pid, "encounter_id": eid,
-        "loinc_code": lab.loinc, "loinc_display": lab.display,
-        "value_numeric": Decimal(str(value)).quantize(quant), "unit": lab.unit,
-        "ref_low": Decimal(str(lab.low)), "ref_high": Decimal(str(lab.high)),
-        "abnormal_flag": flag, "status": rng.choice(("final",) * 9 + ("corrected",)),
+        "result_id": result_id,
+        "patient_id": pid,
+        "encounter_id": eid,
+        "loinc_code": lab.loinc,
+        "loinc_display": lab.display,
+        "value_numeric": Decimal(str(value)).quantize(quant),
+        "unit": lab.unit,
+        "ref_low": Decimal(str(lab.low)),
+        "ref_high": Decimal(str(lab.high)),
+        "abnormal_flag": flag,
+        "status": rng.choice(("final",) * 9 + ("corrected",)),
         "collected_at": collected,
         "resulted_at": collected + dt.timedelta(minutes=rng.randrange(20, 600)),
         "performing_lab": rng.choice(_LABS_SITES),
-    }  # fmt: skip
+    }
 
 
 def access_events(
-    count: int, patients_n: int = 200, principals: int = 25, seed: int = 11,
+    count: int,
+    patients_n: int = 200,
+    principals: int = 25,
+    seed: int = 11,
     end: dt.datetime | None = None,
 ) -> Iterator[AuditEvent]:
     """PHI access events as an EHR application would log them, over the 30 days before ``end``.
 
     Mostly reads during working hours; a few after-hours reads, break-the-glass emergency
     accesses and denied attempts, as a real trail has.
-    """  # fmt: skip
-    rng = random.Random(seed)
+    """
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not security
     end = end or dt.datetime.now(dt.UTC)
     for _ in range(count):
         day = end - dt.timedelta(days=rng.randrange(0, 30))

@@ -7,13 +7,28 @@ can never leave duplicates and a silent difference can never pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Engine, MetaData, Table, and_, delete, insert, select, true
+from psycopg.types.json import Jsonb
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    and_,
+    delete,
+    insert,
+    select,
+    true,
+)
 
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
-from custody.db import get_engine
+from custody.db import get_engine, is_postgres
 from custody.fingerprint import Fingerprint
 from custody.identifiers import check_column, reflect_table
 from custody.settings import get_settings
@@ -50,17 +65,59 @@ def fingerprint_range(
 def ensure_target_table(source: Table, target: Engine) -> Table:
     """Create the target table from the reflected source when it is missing.
 
-    Columns keep their types, nullability and the primary key. Foreign keys and server defaults
+    Columns keep their types (exactly within one engine, as the nearest generic type across
+    engines), nullability and the primary key. Foreign keys and server defaults
     are left out: a single copied table cannot reference tables that are not copied, and
     defaults are often engine-specific expressions.
     """
+    same_dialect = _dialect_of(source) == target.dialect.name
     columns = [
-        Column(c.name, c.type, nullable=c.nullable, primary_key=c.primary_key,
-               autoincrement=False)  # fmt: skip
+        Column(
+            c.name,
+            c.type if same_dialect else c.type.as_generic(allow_nulltype=True),
+            nullable=c.nullable,
+            primary_key=c.primary_key,
+            autoincrement=False,
+        )
         for c in source.columns
     ]
     Table(source.name, MetaData(), *columns).create(target, checkfirst=True)
     return reflect_table(target, source.name)
+
+
+def _copy_writer(
+    connection: Connection, table: Table, columns: list[str]
+) -> Callable[[Sequence[Sequence[Any]]], None]:
+    """Write rows into a PostgreSQL table with COPY inside the caller's transaction.
+
+    COPY is several times faster than batched INSERTs; JSON columns are wrapped so psycopg
+    sends them as JSON rather than guessing from the Python type.
+    """
+    preparer = connection.dialect.identifier_preparer
+    sql = (
+        f"COPY {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)})"
+        " FROM STDIN"
+    )
+    json_positions = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+    driver = connection.connection.driver_connection
+    assert driver is not None
+
+    def write(rows: Sequence[Sequence[Any]]) -> None:
+        with driver.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in rows:
+                if json_positions:
+                    row = list(row)
+                    for i in json_positions:
+                        row[i] = None if row[i] is None else Jsonb(row[i])
+                copy.write_row(row)
+
+    return write
+
+
+def _dialect_of(table: Table) -> str | None:
+    """The dialect a reflected table came from (recorded by ``reflect_table``)."""
+    name = table.info.get("dialect")
+    return name if isinstance(name, str) else None
 
 
 def copy_range(
@@ -84,12 +141,15 @@ def copy_range(
                     range_filter(src, key_column, lower, upper)
                 )
             )
+            write = _copy_writer(out, dst, columns) if is_postgres(target) else None
             for partition in result.partitions():
-                rows: list[dict[str, Any]] = []
-                for row in partition:
-                    source_fp.add(row)
-                    rows.append(dict(zip(columns, row, strict=True)))
-                out.execute(insert(dst), rows)
+                source_fp.add_all(partition)
+                if write is not None:
+                    write(partition)
+                else:
+                    out.execute(
+                        insert(dst), [dict(zip(columns, r, strict=True)) for r in partition]
+                    )
     target_fp = fingerprint_range(target, dst, key_column, lower, upper)
     return ChunkOutcome(
         source_count=source_fp.count,

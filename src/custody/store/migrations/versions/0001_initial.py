@@ -110,9 +110,7 @@ def _create_audit_log_postgres() -> None:
         "CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log"
         " FOR EACH ROW EXECUTE FUNCTION custody_audit_log_immutable()"
     )
-    op.execute(
-        "SELECT custody_audit_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 62, 6)"
-    )
+    op.execute("SELECT custody_audit_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 62, 6)")
 
 
 def _create_audit_log_sqlite() -> None:

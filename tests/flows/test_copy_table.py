@@ -1,0 +1,143 @@
+"""copy-table end to end: verified copy, artifacts, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from custody.audit import Keyring, verify_chain
+from custody.db import get_engine
+from custody.identifiers import reflect_table
+from custody.store.tables import audit_log, job_chunks
+from custody.transfer.generic import fingerprint_range
+from flows.copy_table import CopyTableParams, copy_table
+from tests.support.env import TEST_KEYS, custody_env, set_custody_env
+from tests.support.tables import make_items, make_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
+
+
+def same_content(source: Engine, target: Engine) -> bool:
+    src = fingerprint_range(source, reflect_table(source, "items"), "id", None, None)
+    dst = fingerprint_range(target, reflect_table(target, "items"), "id", None, None)
+    return (src.count, src.hexdigest) == (dst.count, dst.hexdigest)
+
+
+def test_copy_table_verifies_and_a_second_run_with_the_job_id_does_nothing(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    make_items(get_engine(src), 25_000)
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"src": src, "dst": dst},
+    )
+    params = CopyTableParams(
+        source="src",
+        target="dst",
+        table="items",
+        key_column="id",
+        chunk_size=5_000,
+        job_id="copy-items-1",
+    )
+    first = copy_table(params)
+    assert (first.total, first.successful, first.rows, first.status) == (5, 5, 25_000, "success")
+    assert same_content(get_engine(src), get_engine(dst))
+    again = copy_table(params)
+    assert (again.successful, again.skipped, again.rows) == (0, 5, 0)
+    assert verify_chain(pg_store, KEYRING).ok
+
+
+def test_sigkill_halfway_then_resume_processes_each_chunk_once(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    make_keys(get_engine(src), 1_000_000)
+    store_url = pg_store.url.render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        **custody_env(store_url, {"src": src, "dst": dst}),
+        "PREFECT_API_URL": prefect_api,
+    }
+    params = {
+        "source": "src",
+        "target": "dst",
+        "table": "items",
+        "key_column": "id",
+        "chunk_size": 25_000,
+        "max_concurrency": 2,
+        "job_id": "kill-1",
+    }
+    code = (
+        "import json, sys; from flows.copy_table import CopyTableParams, copy_table; "
+        "r = copy_table(CopyTableParams(**json.loads(sys.argv[1]))); "
+        "print('RESULT', r.model_dump_json())"
+    )
+    args = [sys.executable, "-c", code, json.dumps(params)]
+
+    victim = subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    verified = 0
+    while verified < 20:  # of 40 chunks: kill at the halfway mark
+        assert victim.poll() is None, "the flow finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        with pg_store.connect() as c:
+            verified = c.execute(
+                select(func.count()).where(job_chunks.c.status == "verified")
+            ).scalar_one()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    with pg_store.connect() as c:
+        before = {
+            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
+        }
+    done_before = {n for n, (status, _, _) in before.items() if status == "verified"}
+    assert 20 <= len(done_before) < 40
+
+    rerun = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    result = json.loads(rerun.stdout.split("RESULT", 1)[1])
+    assert result["status"] == "success"
+    assert result["skipped"] == len(done_before) and result["successful"] == 40 - len(done_before)
+
+    with pg_store.connect() as c:
+        after = {
+            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
+        }
+        chunk_no = audit_log.c.details["chunk_no"].as_integer()
+        processed = dict(
+            c.execute(
+                select(chunk_no, func.count())
+                .where(audit_log.c.action == "data.copy.chunk_processed")
+                .group_by(chunk_no)
+            ).all()
+        )
+    assert all(status == "verified" for status, _, _ in after.values()) and len(after) == 40
+    assert all(after[n] == before[n] for n in done_before)  # verified chunks were not touched again
+    assert processed == {n: 1 for n in range(40)}  # every chunk processed exactly once
+    with get_engine(dst).connect() as c:
+        assert c.execute(text("SELECT count(*), count(DISTINCT id) FROM items")).one() == (
+            1_000_000,
+            1_000_000,
+        )
+    assert same_content(get_engine(src), get_engine(dst))
+    assert verify_chain(pg_store, KEYRING).ok
