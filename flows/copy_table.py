@@ -66,7 +66,7 @@ def copy_table(params: CopyTableParams) -> BatchResult | State[BatchResult]:
     spec = JobSpec(
         job_id=job_id,
         kind="copy",
-        subject=f"{params.source}.{params.table}",
+        subject=f"{params.source}->{params.target}.{params.table}",
         key_column=params.key_column,
         chunk_size=params.chunk_size,
         audit_prefix="data.copy",

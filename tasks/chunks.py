@@ -8,15 +8,12 @@ shows verified are not run again.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
@@ -44,14 +41,6 @@ CHUNK_RETRIES = 3
 def _retry_if_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
     error = state.data
     return bool(getattr(error, "transient", False))
-
-
-def _chunk_cache_key(_context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # The key names the job, chunk and bounds only (bounds hashed): a verified chunk is a cache
-    # hit on re-runs, and no key value ever appears in Prefect.
-    chunk: Chunk = parameters["chunk"]
-    bounds = hashlib.sha256(orjson.dumps([chunk.lower, chunk.upper])).hexdigest()[:16]
-    return f"custody-chunk-{chunk.job_id}-{chunk.chunk_no}-{bounds}"
 
 
 def _chunk_run_name() -> str:
@@ -86,8 +75,10 @@ def plan_table_chunks(spec: JobSpec, connection: str, table: str) -> JobPlan:
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_if_transient,
-    cache_key_fn=_chunk_cache_key,
-    persist_result=True,
+    # No result cache: the ledger is the durable, store-scoped record of what is done. A Prefect
+    # cache hit would skip the ledger and report success for a target it cannot see.
+    cache_policy=NO_CACHE,
+    persist_result=False,
     task_run_name=_chunk_run_name,
     tags=["custody", "chunk"],
 )

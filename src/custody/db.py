@@ -68,10 +68,17 @@ def _create(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Take the write lock up front: two writers then queue rather than deadlock.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers that read before they write take the lock up front, so two of them queue
+        # instead of failing; readers take none and see a stable snapshot (WAL).
+        immediate = connection.get_execution_options().get("custody_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def write_transaction(engine: Engine) -> Any:
+    """``engine.begin()`` for transactions that read, then write (SQLite: BEGIN IMMEDIATE)."""
+    return engine.execution_options(custody_write=True).begin()
 
 
 def utc_now() -> dt.datetime:
@@ -104,7 +111,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             raise ValueError("naive datetime: custody stores aware UTC timestamps only")
         value = value.astimezone(dt.UTC)
         if dialect.name == "sqlite":
-            return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return f"{value.year:04d}-{value:%m-%dT%H:%M:%S.%f}Z"  # %Y does not pad years < 1000
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
 
 from pydantic import AnyUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,9 +63,6 @@ class Settings(BaseSettings):
     )
     principal: str = Field(
         default="custody", description="Principal recorded on audit events written by pipelines."
-    )
-    task_runner: Annotated[str, Field(pattern="^(threads|dask)$")] = Field(
-        default="threads", description="How chunk tasks run: a thread pool or a Dask cluster."
     )
 
     @field_validator("connections", mode="before")

@@ -141,3 +141,41 @@ def test_sigkill_halfway_then_resume_processes_each_chunk_once(
         )
     assert same_content(get_engine(src), get_engine(dst))
     assert verify_chain(pg_store, KEYRING).ok
+
+
+def test_a_job_id_is_bound_to_its_target_and_a_new_store_copies_again(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst, other = (pg_databases.create(n) for n in ("src", "dst", "other"))
+    make_items(get_engine(src), 1_000)
+    connections = {"src": src, "dst": dst, "other": other}
+    store_url = pg_store.url.render_as_string(hide_password=False)
+    set_custody_env(monkeypatch, store_url=store_url, connections=connections)
+    params = CopyTableParams(
+        source="src", target="dst", table="items", key_column="id", job_id="bound-1"
+    )
+    assert copy_table(params).rows == 1_000
+    moved = params.model_copy(update={"target": "other"})
+    state = copy_table(moved, return_state=True)
+    assert state.is_failed() and "planned as" in (state.message or "")
+
+    fresh_store = get_engine(pg_databases.create("store2"))
+    from custody.store import upgrade
+
+    upgrade(fresh_store)
+    with get_engine(dst).begin() as c:
+        c.execute(text("DROP TABLE items"))
+    set_custody_env(
+        monkeypatch,
+        store_url=fresh_store.url.render_as_string(hide_password=False),
+        connections=connections,
+    )
+    again = copy_table(params)
+    assert (again.rows, again.skipped) == (
+        1_000,
+        0,
+    )  # nothing trusted from a cache outside the store
+    assert same_content(get_engine(src), get_engine(dst))

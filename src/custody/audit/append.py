@@ -106,7 +106,13 @@ def append_chained(
     connection.execute(
         update(audit_chain_head)
         .where(audit_chain_head.c.id == 1)
-        .values(seq=last, row_hash=last_hash, updated_at=recorded_at)
+        .values(
+            seq=last,
+            row_hash=last_hash,
+            key_id=keyring.active_key_id,
+            signature=keyring.sign_head(last, last_hash),
+            updated_at=recorded_at,
+        )
     )
     return first, last, last_hash
 

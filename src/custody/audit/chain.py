@@ -10,7 +10,8 @@ microseconds when non-zero::
 
 ``content = SHA-256(canonical)``; ``row_hash = SHA-256(prev_hash || seq as 8 bytes big-endian ||
 content)`` with hashes as raw bytes (stored as hex); the first event's ``prev_hash`` is 32 zero
-bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``.
+bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``. The chain head (last seq and hash) is
+signed too: ``HMAC-SHA256(key, "custody.audit.head.v1:" || seq as 8 bytes || row_hash)``.
 
 The content digest does not depend on the chain position: a verifier can check content and links
 separately, and name which of the two was tampered with.
@@ -30,6 +31,7 @@ from custody.errors import ConfigError
 
 CANONICAL_VERSION = "custody.audit.v1"
 GENESIS_HASH = "0" * 64
+HEAD_DOMAIN = b"custody.audit.head.v1:"
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 
 
@@ -97,6 +99,15 @@ class Keyring:
         """HMAC-SHA256 of a row hash with the active (or named) key, as hex."""
         mac = self._macs[key_id or self.active_key_id].copy()
         mac.update(bytes.fromhex(row_hash))
+        return mac.hexdigest()
+
+    def sign_head(self, seq: int, row_hash: str, key_id: str | None = None) -> str:
+        """HMAC of the chain head (domain-separated from row signatures).
+
+        Cutting events off the end of the log and moving the head back then needs the key.
+        """
+        mac = self._macs[key_id or self.active_key_id].copy()
+        mac.update(HEAD_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(row_hash))
         return mac.hexdigest()
 
     def verify(self, key_id: str, row_hash: str, signature: str) -> bool:

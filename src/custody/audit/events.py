@@ -66,7 +66,9 @@ class AuditEvent(BaseModel):
     correlation_id: str | None = Field(default=None, max_length=128)
     regulation: str | None = Field(default=None, max_length=64)
     data_classification: DataClassification = DataClassification.INTERNAL
-    retention_days: int | None = Field(default=None, gt=0)
+    retention_days: int | None = Field(
+        default=None, gt=0, le=36_600, description="At most 100 years"
+    )
     details: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("action")
@@ -86,8 +88,8 @@ class AuditEvent(BaseModel):
     @field_validator("principal", "resource_type", "resource_id", "correlation_id", "regulation")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("NUL characters cannot be stored")
+        if value is not None:
+            _check_text(value, "value")
         return value
 
     @field_validator("details")
@@ -96,6 +98,17 @@ class AuditEvent(BaseModel):
         normalised = normalise_json(value, "details")
         assert isinstance(normalised, dict)
         return normalised
+
+
+def _check_text(value: str, path: str) -> str:
+    """Text must be storable in PostgreSQL and encodable as UTF-8 (no NUL, no lone surrogate)."""
+    if "\x00" in value:
+        raise ValueError(f"{path}: NUL characters cannot be stored")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path}: text is not valid Unicode (lone surrogate)") from None
+    return value
 
 
 def normalise_json(value: Any, path: str) -> Any:
@@ -107,9 +120,7 @@ def normalise_json(value: Any, path: str) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path}: NUL characters cannot be stored")
-        return value
+        return _check_text(value, path)
     if isinstance(value, int):
         if abs(value) >= 2**63:
             raise ValueError(f"{path}: integer out of 64-bit range; pass it as a string")

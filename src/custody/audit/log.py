@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from custody.audit.append import append_chained
 from custody.audit.chain import Keyring
 from custody.audit.events import AuditEvent, Severity
-from custody.db import get_engine, utc_now
+from custody.db import get_engine, utc_now, write_transaction
 from custody.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class AuditLog:
         if not events:
             raise ValueError("log_batch needs at least one event")
         recorded_at = utc_now()
-        with self.engine.begin() as connection:
+        with write_transaction(self.engine) as connection:
             first, last, head = append_chained(connection, events, recorded_at, self.keyring)
         result = AppendResult(first, last, head)
         for offset, event in enumerate(events):

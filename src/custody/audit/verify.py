@@ -1,12 +1,13 @@
-"""Walking the chain: every link, every signature, and the head, streamed in seq order."""
+"""Walking the chain: every link, every signature, and the signed head, in one snapshot."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from custody.audit.chain import GENESIS_HASH, Keyring, content_digest, link_hash
+from custody.db import is_postgres
 from custody.store.tables import audit_chain_head, audit_log
 
 
@@ -31,95 +32,113 @@ class VerifyResult:
 
 
 def verify_chain(engine: Engine, keyring: Keyring, batch_size: int = 10_000) -> VerifyResult:
-    """Check every row of audit_log in order and stop at the first broken event.
+    """Check every row of audit_log up to the signed chain head, stopping at the first break.
 
-    Detects: altered content (hash mismatch), a forged or re-signed row without the right key
-    (HMAC mismatch), unknown key ids, removed or inserted rows (gaps and broken links), and rows
-    removed from the end (the chain head disagrees with the last row).
+    Detects altered content (hash mismatch), rows forged or re-signed without the right key (HMAC
+    mismatch), unknown key ids, removed or inserted rows (gaps, broken links, rows past the head)
+    and rows removed from the end (the head, signed with the key, no longer matches). Runs in one
+    snapshot, so writers appending meanwhile never make an intact chain look broken.
     """
-    expected_seq = 1
-    prev = GENESIS_HASH
-    checked = 0
-    columns = [c for c in audit_log.c]
-    with engine.connect() as connection:
-        rows = connection.execution_options(yield_per=batch_size).execute(
-            select(*columns).order_by(audit_log.c.seq)
-        )
-        for row in rows:
-            seq = int(row.seq)
+    options = {"isolation_level": "REPEATABLE READ"} if is_postgres(engine) else {}
+    with engine.connect().execution_options(**options) as connection, connection.begin():
+        return _walk(connection, keyring, batch_size)
 
-            if seq != expected_seq:
-                if seq < expected_seq:
-                    return VerifyResult(
-                        False, checked, seq, seq, f"duplicate sequence number {seq}"
-                    )
-                return VerifyResult(
-                    False,
-                    checked,
-                    seq,
-                    expected_seq,
-                    f"gap: seq {expected_seq} missing, next is {seq}",
-                )
-            if row.prev_hash != prev:
-                return VerifyResult(
-                    False,
-                    checked,
-                    seq,
-                    seq,
-                    "broken link: prev_hash is not the previous row's hash",
-                )
-            digest = content_digest(
-                row.event_id,
-                row.occurred_at,
-                row.recorded_at,
-                row.principal,
-                row.action,
-                row.status,
-                row.severity,
-                row.resource_type,
-                row.resource_id,
-                row.correlation_id,
-                row.regulation,
-                row.data_classification,
-                row.retention_days,
-                row.details,
+
+def _walk(connection: Connection, keyring: Keyring, batch_size: int) -> VerifyResult:
+    head = connection.execute(select(audit_chain_head).where(audit_chain_head.c.id == 1)).one()
+    head_seq = int(head.seq)
+    expected_seq, prev, checked = 1, GENESIS_HASH, 0
+    rows = connection.execution_options(yield_per=batch_size).execute(
+        select(*audit_log.c).where(audit_log.c.seq <= head_seq).order_by(audit_log.c.seq)
+    )
+    for row in rows:
+        seq = int(row.seq)
+        if seq != expected_seq:
+            if seq < expected_seq:
+                return VerifyResult(False, checked, seq, seq, f"duplicate sequence number {seq}")
+            return VerifyResult(
+                False, checked, seq, expected_seq, f"gap: seq {expected_seq} missing, next is {seq}"
             )
-            if link_hash(prev, seq, digest) != row.row_hash:
-                return VerifyResult(
-                    False, checked, seq, seq, "hash mismatch: the row's content was altered"
-                )
-            if row.key_id not in keyring.key_ids:
-                return VerifyResult(
-                    False,
-                    checked,
-                    seq,
-                    seq,
-                    f"unknown HMAC key id {row.key_id!r}: cannot verify signature",
-                )
-            if not keyring.verify(row.key_id, row.row_hash, row.signature):
-                return VerifyResult(
-                    False,
-                    checked,
-                    seq,
-                    seq,
-                    f"HMAC mismatch with key {row.key_id!r}: signature is forged",
-                )
-            prev = row.row_hash
-            expected_seq += 1
-            checked += 1
-        head = connection.execute(
-            select(audit_chain_head.c.seq, audit_chain_head.c.row_hash).where(
-                audit_chain_head.c.id == 1
+        if row.prev_hash != prev:
+            return VerifyResult(
+                False, checked, seq, seq, "broken link: prev_hash is not the previous row's hash"
             )
-        ).one()
+        digest = content_digest(
+            row.event_id,
+            row.occurred_at,
+            row.recorded_at,
+            row.principal,
+            row.action,
+            row.status,
+            row.severity,
+            row.resource_type,
+            row.resource_id,
+            row.correlation_id,
+            row.regulation,
+            row.data_classification,
+            row.retention_days,
+            row.details,
+        )
+        if link_hash(prev, seq, digest) != row.row_hash:
+            return VerifyResult(
+                False, checked, seq, seq, "hash mismatch: the row's content was altered"
+            )
+        if row.key_id not in keyring.key_ids:
+            return VerifyResult(
+                False,
+                checked,
+                seq,
+                seq,
+                f"unknown HMAC key id {row.key_id!r}: cannot verify signature",
+            )
+        if not keyring.verify(row.key_id, row.row_hash, row.signature):
+            return VerifyResult(
+                False,
+                checked,
+                seq,
+                seq,
+                f"HMAC mismatch with key {row.key_id!r}: signature is forged",
+            )
+        prev = row.row_hash
+        expected_seq += 1
+        checked += 1
+    # The head last: a broken row above is the more precise finding.
+    if head_seq > 0:
+        if head.key_id not in keyring.key_ids:
+            return VerifyResult(
+                False,
+                0,
+                head_seq,
+                head_seq,
+                f"chain head signed with unknown key id {head.key_id!r}",
+            )
+        if head.signature != keyring.sign_head(head_seq, head.row_hash, head.key_id):
+            return VerifyResult(
+                False,
+                0,
+                head_seq,
+                head_seq,
+                "chain head signature mismatch: the head was rewritten",
+            )
     last = expected_seq - 1
-    if int(head.seq) != last or head.row_hash != prev:
+    if last != head_seq or prev != head.row_hash:
         return VerifyResult(
             False,
             checked,
             last,
-            last + 1 if int(head.seq) > last else int(head.seq),
-            f"chain head says seq {head.seq} but the last stored event is seq {last}"
-            " (events removed from the end?)",
+            last + 1,
+            f"chain head says seq {head_seq} but the last stored event is seq "
+            f"{last} (events removed from the end)",
+        )
+    beyond = connection.execute(
+        select(func.min(audit_log.c.seq)).where(audit_log.c.seq > head_seq)
+    ).scalar()
+    if beyond is not None:
+        return VerifyResult(
+            False,
+            checked,
+            last,
+            int(beyond),
+            f"event seq {beyond} lies beyond the signed chain head {head_seq}",
         )
     return VerifyResult(True, checked, last)

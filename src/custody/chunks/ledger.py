@@ -18,7 +18,7 @@ from custody.chunks.models import (
     KeyValue,
 )
 from custody.chunks.planner import KeyRange
-from custody.db import utc_now
+from custody.db import utc_now, write_transaction
 from custody.errors import JobPlanMismatchError
 from custody.store.tables import dead_letters, job_chunks, jobs
 
@@ -54,7 +54,7 @@ class Ledger:
         ranges = make_ranges()
         now = utc_now()
         try:
-            with self.engine.begin() as connection:
+            with write_transaction(self.engine) as connection:
                 connection.execute(
                     insert(jobs).values(
                         job_id=spec.job_id,
@@ -134,12 +134,16 @@ class Ledger:
             ).scalar_one()
         return ChunkStatus(status)
 
-    def start(self, chunk: Chunk) -> int:
-        """Mark a chunk running and count the attempt; returns the attempt number."""
-        with self.engine.begin() as connection:
-            connection.execute(
+    def start(self, chunk: Chunk) -> int | None:
+        """Claim a chunk in one statement: mark it running and count the attempt.
+
+        Returns:
+            The attempt number, or None when the chunk is already verified (nothing to do).
+        """
+        with write_transaction(self.engine) as connection:
+            attempts = connection.execute(
                 update(job_chunks)
-                .where(*self._key(chunk))
+                .where(*self._key(chunk), job_chunks.c.status != ChunkStatus.VERIFIED.value)
                 .values(
                     status=ChunkStatus.RUNNING.value,
                     attempts=job_chunks.c.attempts + 1,
@@ -147,19 +151,17 @@ class Ledger:
                     finished_at=None,
                     error=None,
                 )
-            )
-            attempts = connection.execute(
-                select(job_chunks.c.attempts).where(*self._key(chunk))
-            ).scalar_one()
-        return int(attempts)
+                .returning(job_chunks.c.attempts)
+            ).scalar()
+        return None if attempts is None else int(attempts)
 
     def finish(self, chunk: Chunk, outcome: ChunkOutcome, error: str | None = None) -> None:
         """Record both sides' counts and hashes: verified if they agree, failed otherwise."""
         status = ChunkStatus.VERIFIED if outcome.verified and error is None else ChunkStatus.FAILED
-        with self.engine.begin() as connection:
+        with write_transaction(self.engine) as connection:
             connection.execute(
                 update(job_chunks)
-                .where(*self._key(chunk))
+                .where(*self._key(chunk), job_chunks.c.status != ChunkStatus.VERIFIED.value)
                 .values(
                     status=status.value,
                     source_count=outcome.source_count,
@@ -174,10 +176,10 @@ class Ledger:
     def fail(self, chunk: Chunk, error_type: str, error: str, *, dead_letter: bool) -> None:
         """Record a failed attempt; on the final one, also file a dead letter for replay."""
         now = utc_now()
-        with self.engine.begin() as connection:
+        with write_transaction(self.engine) as connection:
             connection.execute(
                 update(job_chunks)
-                .where(*self._key(chunk))
+                .where(*self._key(chunk), job_chunks.c.status != ChunkStatus.VERIFIED.value)
                 .values(
                     status=ChunkStatus.FAILED.value,
                     error=f"{error_type}: {error}",

@@ -62,6 +62,7 @@ class Chunk(BaseModel):
     lower: KeyValue | None
     upper: KeyValue | None
     audit_prefix: str = "job"
+    attempt: int = Field(default=0, description="Set by the runner: 1 on a chunk's first try")
 
     @property
     def ref(self) -> str:

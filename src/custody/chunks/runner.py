@@ -11,7 +11,7 @@ from typing import Any
 
 from custody.audit import AuditEvent, AuditLog, AuditStatus
 from custody.chunks.ledger import Ledger
-from custody.chunks.models import Chunk, ChunkOutcome, ChunkStatus
+from custody.chunks.models import Chunk, ChunkOutcome
 from custody.chunks.retry import is_transient
 from custody.errors import CustodyError, safe_error
 
@@ -22,12 +22,21 @@ ChunkWork = Callable[[Chunk], ChunkOutcome]
 class ChunkFailedError(CustodyError):
     """A chunk failed; the message is PHI-free, the full error is in the ledger."""
 
-    def __init__(self, chunk: Chunk, reason: str, *, transient: bool) -> None:
+    def __init__(self, chunk: Chunk, reason: str, *, transient: bool = False) -> None:
         """Describe the failure of ``chunk`` without quoting any data."""
         super().__init__(f"chunk {chunk.ref} failed: {reason}")
+        self.chunk = chunk
         self.ref = chunk.ref
         self.reason = reason
         self.transient = transient
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuildable after pickling (Dask workers, result storage).
+        return (_rebuild_failure, (self.chunk, self.reason, self.transient))
+
+
+def _rebuild_failure(chunk: Chunk, reason: str, transient: bool) -> ChunkFailedError:
+    return ChunkFailedError(chunk, reason, transient=transient)
 
 
 def run_chunk(
@@ -46,9 +55,10 @@ def run_chunk(
         ChunkFailedError: the work raised or did not verify. ``transient`` says whether a retry
             may help; on the final attempt (or a non-transient error) a dead letter is filed.
     """
-    if ledger.status_of(chunk) is ChunkStatus.VERIFIED:
-        return None
     attempt = ledger.start(chunk)
+    if attempt is None:  # verified by an earlier run (or a concurrent one)
+        return None
+    chunk = chunk.model_copy(update={"attempt": attempt})
     try:
         outcome = work(chunk)
     except Exception as exc:

@@ -51,6 +51,8 @@ audit_chain_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("row_hash", Text, nullable=False),
+    Column("key_id", Text),
+    Column("signature", Text),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 

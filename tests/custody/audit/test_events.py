@@ -63,3 +63,12 @@ def test_occurred_at_is_stored_in_utc() -> None:
     assert make(occurred_at=local).occurred_at == dt.datetime(2026, 5, 1, 10, 0, tzinfo=dt.UTC)
     with pytest.raises(ValidationError):
         make(occurred_at=dt.datetime(2026, 5, 1, 12, 0))
+
+
+def test_values_that_would_not_survive_storage_are_refused() -> None:
+    with pytest.raises(ValidationError, match="retention_days"):
+        make(retention_days=2**31)  # binary COPY into int4 would wrap it silently
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        make(details={"note": "bad \ud800 text"})
+    with pytest.raises(ValidationError, match="unicode"):
+        make(principal="x\udfff")  # pydantic's own str check

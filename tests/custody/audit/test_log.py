@@ -175,3 +175,85 @@ def test_non_ascii_and_odd_values_round_trip(store: Engine, keyring: Keyring) ->
     )
     AuditLog(store, keyring).log(event)
     assert verify_chain(store, keyring).ok
+
+
+def test_cutting_the_tail_and_moving_the_head_back_needs_the_key(
+    store: Engine, keyring: Keyring
+) -> None:
+    AuditLog(store, keyring).log_batch(list(phi_events(30)))
+    with store.connect() as c:
+        seq, row_hash = c.execute(text("SELECT seq, row_hash FROM audit_log WHERE seq = 27")).one()
+    tamper(store, "DELETE FROM audit_log WHERE seq > 27")
+    tamper(store, f"UPDATE audit_chain_head SET seq = {seq}, row_hash = '{row_hash}'")
+    result = verify_chain(store, keyring)
+    assert (result.ok, result.first_bad_seq) == (False, 27)
+    assert "head signature mismatch" in (result.reason or "")
+
+
+def test_rows_beyond_the_head_are_found(store: Engine, keyring: Keyring) -> None:
+    log = AuditLog(store, keyring)
+    log.log_batch(list(phi_events(5)))
+    tamper(store, "UPDATE audit_chain_head SET seq = 0")  # as if the head were never moved
+    assert not verify_chain(store, keyring).ok
+
+
+def test_verify_while_writers_append_is_never_falsely_broken(
+    store: Engine, keyring: Keyring
+) -> None:
+    import threading
+
+    log = AuditLog(store, keyring)
+    log.log_batch(list(phi_events(2_000)))
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 10_000
+        while not stop.is_set():
+            log.log_batch(list(phi_events(50, start=i)))
+            i += 50
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        results = [verify_chain(store, keyring) for _ in range(5)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(r.ok for r in results), [r.describe() for r in results]
+    assert results[-1].events_checked > 2_000
+
+
+def test_sqlite_readers_do_not_block_the_audit_writer(
+    sqlite_store: Engine, keyring: Keyring
+) -> None:
+    import time
+
+    log = AuditLog(sqlite_store, keyring)
+    log.log_batch(list(phi_events(10)))
+    with sqlite_store.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM audit_log")).scalar_one()  # read transaction open
+        started = time.monotonic()
+        log.log_batch(list(phi_events(10, start=10)))
+        assert time.monotonic() - started < 5
+
+
+def test_sqlite_keeps_early_years_sortable_and_verifiable(
+    sqlite_store: Engine, keyring: Keyring
+) -> None:
+    import datetime as dt
+
+    AuditLog(sqlite_store, keyring).log(
+        AuditEvent(
+            occurred_at=dt.datetime(999, 5, 1, tzinfo=dt.UTC),
+            principal="p",
+            action="phi.access.read",
+            resource_type="patient",
+        )
+    )
+    with sqlite_store.connect() as c:
+        assert (
+            c.execute(text("SELECT occurred_at FROM audit_log"))
+            .scalar_one()
+            .startswith("0999-05-01")
+        )
+    assert verify_chain(sqlite_store, keyring).ok

@@ -106,3 +106,31 @@ def test_transient_errors_are_not_dead_lettered_until_the_last_attempt(
             c.execute(select(job_chunks.c.attempts).where(job_chunks.c.chunk_no == 0)).scalar_one()
             == 2
         )
+
+
+def test_a_verified_chunk_cannot_be_claimed_or_downgraded(store: Engine) -> None:
+    ledger = Ledger(store)
+    chunk = ledger.plan(SPEC, lambda: RANGES).chunks[0]
+    assert ledger.start(chunk) == 1
+    ledger.finish(chunk, GOOD)
+    assert ledger.start(chunk) is None
+    ledger.fail(chunk, "ValueError", "late failure from a concurrent run", dead_letter=False)
+    assert ledger.status_of(chunk) is ChunkStatus.VERIFIED
+
+
+def test_chunk_failures_survive_pickling() -> None:
+    import pickle
+
+    chunk = ChunkFailedError(SPEC_CHUNK, "ValueError", transient=True)
+    again = pickle.loads(pickle.dumps(chunk))
+    assert (again.ref, again.reason, again.transient, str(again)) == (
+        chunk.ref,
+        "ValueError",
+        True,
+        str(chunk),
+    )
+
+
+SPEC_CHUNK = __import__("custody.chunks", fromlist=["Chunk"]).Chunk(
+    job_id="job-1", chunk_no=3, lower=1, upper=2
+)

@@ -136,6 +136,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("row_hash", sa.Text, nullable=False),
+        sa.Column("key_id", sa.Text),
+        sa.Column("signature", sa.Text),
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.CheckConstraint("id = 1", name="audit_chain_head_single_row"),
     )
