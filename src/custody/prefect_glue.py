@@ -180,3 +180,19 @@ def publish_batch_result(title: str, job_id: str, result: Any, seconds: float) -
         lines += [f"| `{f.ref}` | {f.error} |" for f in result.failures[:200]]
         lines += ["", "Full errors are in the `job_chunks` ledger and `dead_letters` table."]
     create_markdown_artifact("\n".join(lines), key=artifact_key(f"{title}-report"))
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    """A table artifact (values must be JSON-native: counts, names, statuses)."""
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(
+        table=rows or [{"note": "(empty)"}], key=artifact_key(key), description=description
+    )
+
+
+def publish_markdown(key: str, markdown: str) -> None:
+    """A markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown, key=artifact_key(key))

@@ -1,0 +1,1 @@
+"""Database migration: schema copy, verified COPY of key ranges, sequences, final checks."""

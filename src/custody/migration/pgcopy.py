@@ -1,0 +1,137 @@
+"""PostgreSQL to PostgreSQL: stream one key range with COPY, verify it by count and hash.
+
+Rows never become Python objects: ``COPY (SELECT ...) TO STDOUT`` on the source is piped, block by
+block, into ``COPY ... FROM STDIN`` on the target, in binary wherever the column types allow. Both
+sides are then fingerprinted by the same SQL (an order-independent sum of per-row MD5 prefixes
+over the rows' text form), computed by each server on its own data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
+from custody.db import get_engine
+from custody.migration.catalog import TableInfo
+from custody.settings import get_settings
+
+# Fixed output settings so that both servers render every row's text form identically.
+_SESSION = (
+    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
+    "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
+    "SET LOCAL bytea_output = 'hex'"
+)
+
+
+def libpq_dsn(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL (for psycopg and pg_dump)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    parts = {
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "dbname": parsed.database,
+        **{k: v for k, v in parsed.query.items() if isinstance(v, str)},
+    }
+    return psycopg.conninfo.make_conninfo(
+        "", **{k: str(v) for k, v in parts.items() if v is not None}
+    )
+
+
+def _range(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -> sql.Composable:
+    if key is None:
+        return sql.SQL("true")
+    clauses: list[sql.Composable] = []
+    if lower is not None:
+        clauses.append(sql.SQL("{} > {}").format(sql.Identifier(key), sql.Literal(lower)))
+    if upper is not None:
+        clauses.append(sql.SQL("{} <= {}").format(sql.Identifier(key), sql.Literal(upper)))
+    return sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
+
+
+def _select(info: TableInfo, where: sql.Composable) -> sql.Composed:
+    return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in info.columns),
+        table=sql.Identifier(info.schema, info.name),
+        where=where,
+    )
+
+
+def fingerprint(
+    cursor: psycopg.Cursor[tuple[object, ...]], query: sql.Composed, *, hashed: bool
+) -> tuple[int, str]:
+    """Count and order-independent hash of a query's rows, computed by the server."""
+    digest = (
+        sql.SQL("COALESCE(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint), 0)::text")
+        if hashed
+        else sql.SQL("'-'")
+    )
+    cursor.execute(sql.SQL("SELECT count(*), {d} FROM ({q}) t").format(d=digest, q=query))
+    row = cursor.fetchone()
+    assert row is not None
+    return int(str(row[0])), str(row[1])
+
+
+@dataclass(frozen=True)
+class PgRangeCopy:
+    """Chunk work: copy and verify one key range of one table between two named connections.
+
+    ``replace_existing`` deletes the range on the target first even on a chunk's first attempt
+    (migration into a table that already had rows); retried chunks always do.
+    """
+
+    source: str
+    target: str
+    info: TableInfo
+    verify: str = "hash"
+    replace_existing: bool = False
+
+    def __call__(self, chunk: Chunk) -> ChunkOutcome:
+        """Copy the chunk's range inside one target transaction, then compare both sides."""
+        settings = get_settings()
+        src_url = get_engine(settings.connection_url(self.source)).url
+        dst_url = get_engine(settings.connection_url(self.target)).url
+        where = _range(self.info.key_column, chunk.lower, chunk.upper)
+        query = _select(self.info, where)
+        fmt = sql.SQL("(FORMAT BINARY)" if self.info.binary_safe else "")
+        hashed = self.verify == "hash"
+        with (
+            psycopg.connect(libpq_dsn(src_url.render_as_string(hide_password=False))) as src,
+            psycopg.connect(libpq_dsn(dst_url.render_as_string(hide_password=False))) as dst,
+        ):
+            # One snapshot on the source for both the copy and its fingerprint.
+            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            src.execute(_SESSION)
+            dst.execute(_SESSION)
+            with src.cursor() as rc, dst.cursor() as wc:
+                if chunk.attempt > 1 or self.replace_existing:
+                    wc.execute(
+                        sql.SQL("DELETE FROM {t} WHERE {w}").format(
+                            t=sql.Identifier(self.info.schema, self.info.name), w=where
+                        )
+                    )
+                copy_in = sql.SQL("COPY {t} ({cols}) FROM STDIN {fmt}").format(
+                    t=sql.Identifier(self.info.schema, self.info.name),
+                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.info.columns),
+                    fmt=fmt,
+                )
+                copy_out = sql.SQL("COPY ({q}) TO STDOUT {fmt}").format(q=query, fmt=fmt)
+                with rc.copy(copy_out) as out, wc.copy(copy_in) as into:
+                    for block in out:
+                        into.write(block)
+                source = fingerprint(rc, query, hashed=hashed)
+                target = fingerprint(wc, _select(self.info, where), hashed=hashed)
+            src.rollback()
+            dst.commit()
+        return ChunkOutcome(
+            source_count=source[0],
+            source_hash=source[1],
+            target_count=target[0],
+            target_hash=target[1],
+        )

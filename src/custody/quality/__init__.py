@@ -1,0 +1,5 @@
+"""Great Expectations suites built in code, summarised without data values."""
+
+from custody.quality.tables import QualityResult, check_table
+
+__all__ = ["QualityResult", "check_table"]

@@ -1,0 +1,198 @@
+"""migrate-tables end to end on PostgreSQL: Pagila, a failing chunk, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from prefect.client.orchestration import get_client
+from sqlalchemy import Engine, func, select, text
+
+from custody.audit import Keyring, verify_chain
+from custody.db import get_engine
+from custody.store.tables import audit_log, dead_letters, job_chunks
+from flows.migrate import MigrateParams, migrate_tables
+from tests.support.env import TEST_KEYS, custody_env, set_custody_env
+from tests.support.pagila import load_pagila, table_digests
+from tests.support.tables import make_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
+
+
+async def markdown(key_prefix: str) -> str:
+    async with get_client() as client:
+        arts = await client.read_artifacts()
+    found = [a for a in arts if a.key and a.key.startswith(key_prefix)]
+    return str(max(found, key=lambda a: a.created).data) if found else ""
+
+
+def test_pagila_migrates_exactly_and_a_rerun_does_nothing(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst = pg_databases.create("pagila"), pg_databases.create("newdb")
+    load_pagila(src)
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"pagila": src, "newdb": dst},
+    )
+    params = MigrateParams(source="pagila", target="newdb", chunk_size=2_000, job_id="pagila-1")
+    result = migrate_tables(params)
+    assert result.status == "success", result.model_dump_json()
+    assert table_digests(src) == table_digests(dst)  # every table (and partition) equal
+    assert len(result.tables) == 15  # payment counted once: its partitions come through it
+    assert all(t.quality is not None and t.quality.success for t in result.tables)
+    with psycopg.connect(dst) as conn:
+        types = dict(
+            conn.execute(
+                "SELECT column_name, COALESCE(domain_name, udt_name) "
+                "FROM information_schema.columns WHERE table_name = 'film' "
+                "AND column_name IN ('rating', 'special_features', 'fulltext', 'release_year')"
+            ).fetchall()
+        )
+        triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone()
+        next_id = conn.execute("SELECT nextval('actor_actor_id_seq')").fetchone()
+        partitions = conn.execute(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE c.relkind = 'r' AND i.inhparent = 'payment'::regclass"
+        ).fetchone()
+    assert types == {
+        "rating": "mpaa_rating",
+        "special_features": "_text",
+        "fulltext": "tsvector",
+        "release_year": "year",
+    }
+    assert triggers and triggers[0] >= 15
+    assert next_id and next_id[0] == 201  # sequences follow the source
+    assert partitions and partitions[0] == 7
+
+    again = migrate_tables(params)
+    assert again.status == "success" and again.nothing_to_do
+    assert "Nothing to do" in asyncio.run(markdown("migration-report-pagila-1"))
+    assert verify_chain(pg_store, KEYRING).ok
+
+
+def test_a_rejected_row_fails_its_chunk_only(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    make_keys(get_engine(src), 50_000)
+    with psycopg.connect(dst, autocommit=True) as conn:  # a target that refuses one row
+        conn.execute(
+            "CREATE TABLE items (id bigint, label text NOT NULL CHECK (label <> 'k31337'))"
+        )
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"src": src, "dst": dst},
+    )
+    params = MigrateParams(
+        source="src", target="dst", tables=["items"], chunk_size=5_000, job_id="reject-1"
+    )
+    state = migrate_tables(params, return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and result.status == "partial_failure"
+    [table] = result.tables
+    assert (table.chunks, table.failed_chunks, table.verified_rows) == (10, 1, 45_000)
+    with pg_store.connect() as c:
+        failed = c.execute(
+            select(job_chunks.c.chunk_no, job_chunks.c.error).where(job_chunks.c.status == "failed")
+        ).all()
+        letters = c.execute(select(dead_letters.c.item_ref, dead_letters.c.error_type)).all()
+    assert [f.chunk_no for f in failed] == [6] and "items_label_check" in failed[0].error
+    assert letters == [("reject-1.items#6", "CheckViolation")]
+    report = asyncio.run(markdown("migration-report-reject-1"))
+    assert "reject-1.items#6" in report and "CheckViolation" in report and "k31337" not in report
+    with get_engine(dst).connect() as c:
+        assert c.execute(text("SELECT count(*) FROM items")).scalar_one() == 45_000
+
+
+@pytest.mark.parametrize("kill_after", [1, 4, 8, 12, 16])
+def test_sigkill_then_resume_converges(
+    kill_after: int,
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    make_keys(get_engine(src), 200_000)
+    env = {
+        **os.environ,
+        **custody_env(pg_store.url.render_as_string(hide_password=False), {"src": src, "dst": dst}),
+        "PREFECT_API_URL": prefect_api,
+    }
+    params = {
+        "source": "src",
+        "target": "dst",
+        "tables": ["items"],
+        "chunk_size": 10_000,
+        "max_concurrency": 2,
+        "job_id": f"kill-{kill_after}",
+    }
+    code = (
+        "import json, sys; from flows.migrate import MigrateParams, migrate_tables; "
+        "r = migrate_tables(MigrateParams(**json.loads(sys.argv[1]))); "
+        "print('RESULT', r.model_dump_json())"
+    )
+    args = [sys.executable, "-c", code, json.dumps(params)]
+    victim = subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline, verified = time.monotonic() + 180, 0
+    while verified < kill_after:
+        assert victim.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+        with pg_store.connect() as c:
+            verified = c.execute(
+                select(func.count()).where(job_chunks.c.status == "verified")
+            ).scalar_one()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    with pg_store.connect() as c:
+        before = {
+            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
+        }
+    done = {n for n, (status, _, _) in before.items() if status == "verified"}
+
+    rerun = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    result = json.loads(rerun.stdout.split("RESULT", 1)[1])
+    assert result["status"] == "success"
+    [table] = result["tables"]
+    assert table["already_verified"] == len(done) and table["verified_now"] == 20 - len(done)
+    with pg_store.connect() as c:
+        after = {
+            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
+        }
+        chunk_no = audit_log.c.details["chunk_no"].as_integer()
+        processed = dict(
+            c.execute(
+                select(chunk_no, func.count())
+                .where(audit_log.c.action == "data.migration.chunk_processed")
+                .group_by(chunk_no)
+            ).all()
+        )
+    assert all(after[n] == before[n] for n in done)  # only unfinished chunks were redone
+    assert processed == {n: 1 for n in range(20)}
+    assert table_digests(src) == table_digests(dst)
+    with get_engine(dst).connect() as c:
+        assert c.execute(text("SELECT count(*), count(DISTINCT id) FROM items")).one() == (
+            200_000,
+            200_000,
+        )
+    assert verify_chain(pg_store, KEYRING).ok
