@@ -14,6 +14,7 @@ from custody.audit import AuditStatus
 from custody.chunks import JobSpec
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
+from custody.quality import preload as preload_quality_checks
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import run_chunks
 from tasks.migration import (
@@ -86,6 +87,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
     prepare_target_schema(
         params.source, params.target, params.schema_name, infos, params.create_schema
     )
+    preload_quality_checks()  # GX imports in the background while chunks copy
     results: list[TableResult] = []
     for info in infos:
         started = time.monotonic()

@@ -196,3 +196,32 @@ def test_sigkill_then_resume_converges(
             200_000,
         )
     assert verify_chain(pg_store, KEYRING).ok
+
+
+def test_dry_run_plans_and_changes_nothing(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    make_keys(get_engine(src), 30_000)
+    with psycopg.connect(src, autocommit=True) as conn:
+        conn.execute("ANALYZE items")
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"src": src, "dst": dst},
+    )
+    result = migrate_tables(
+        MigrateParams(source="src", target="dst", chunk_size=10_000, job_id="plan-1", dry_run=True)
+    )
+    assert result.status == "planned"
+    plan = asyncio.run(markdown("migration-plan-plan-1"))
+    assert "| items | 30000 | 3 | id | binary |" in plan
+    with psycopg.connect(dst) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)
+    with pg_store.connect() as c:
+        assert c.execute(select(func.count()).select_from(job_chunks)).scalar_one() == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from custody.identifiers import check_name
 
@@ -25,6 +26,7 @@ class TableInfo:
     not_null: tuple[str, ...]
     primary_key: tuple[str, ...]
     estimated_rows: int
+    hash_method: str = "text"
 
 
 def list_tables(engine: Engine, schema: str) -> list[str]:
@@ -85,6 +87,7 @@ def describe_table(engine: Engine, schema: str, name: str) -> TableInfo:
             ),
             {"oid": oid},
         ).scalar_one()
+        hashable = _record_hashable(c, schema, name)
     key = next((col for col, typ in pk if typ in _KEY_TYPES), None)
     return TableInfo(
         schema=schema,
@@ -95,7 +98,21 @@ def describe_table(engine: Engine, schema: str, name: str) -> TableInfo:
         not_null=tuple(r.attname for r in columns if r.attnotnull),
         primary_key=tuple(col for col, _ in pk),
         estimated_rows=int(estimate),
+        hash_method="record" if hashable else "text",
     )
+
+
+def _record_hashable(connection: Connection, schema: str, name: str) -> bool:
+    """Whether hash_record_extended works for this table's row type (every column hashable)."""
+    probe = text(
+        f'SELECT hash_record_extended(t, 0) FROM (SELECT * FROM "{schema}"."{name}" LIMIT 1) t'
+    )
+    try:
+        with connection.begin_nested():
+            connection.execute(probe).all()
+    except DBAPIError:
+        return False
+    return True
 
 
 def _binary_safe(row: object) -> bool:

@@ -3,7 +3,7 @@
 Rows never become Python objects: ``COPY (SELECT ...) TO STDOUT`` on the source is piped, block by
 block, into ``COPY ... FROM STDIN`` on the target, in binary wherever the column types allow. Both
 sides are then fingerprinted by the same SQL (an order-independent sum of per-row MD5 prefixes
-over the rows' text form), computed by each server on its own data.
+of per-row 64-bit hashes), computed by each server on its own data.
 """
 
 from __future__ import annotations
@@ -63,19 +63,41 @@ def _select(info: TableInfo, where: sql.Composable) -> sql.Composed:
     )
 
 
+# hash_record_extended hashes each column with its type's own 64-bit hash, without rendering
+# values as text (4x cheaper); types without a hash function fall back to hashing the row text.
+_ROW_HASH = {
+    "record": sql.SQL("COALESCE(sum(hash_record_extended(t, 0)), 0)::text"),
+    "text": sql.SQL("COALESCE(sum(hashtextextended(t::text, 0)), 0)::text"),
+    "count": sql.SQL("'-'"),
+}
+
+
 def fingerprint(
-    cursor: psycopg.Cursor[tuple[object, ...]], query: sql.Composed, *, hashed: bool
+    cursor: psycopg.Cursor[tuple[object, ...]], query: sql.Composed, *, method: str
 ) -> tuple[int, str]:
-    """Count and order-independent hash of a query's rows, computed by the server."""
-    digest = (
-        sql.SQL("COALESCE(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint), 0)::text")
-        if hashed
-        else sql.SQL("'-'")
-    )
+    """Count and order-independent hash (sum of 64-bit row hashes) computed by the server."""
+    digest = _ROW_HASH[method]
     cursor.execute(sql.SQL("SELECT count(*), {d} FROM ({q}) t").format(d=digest, q=query))
     row = cursor.fetchone()
     assert row is not None
     return int(str(row[0])), str(row[1])
+
+
+_PIPE_BYTES = 1 << 20
+
+
+def _pipe(out: psycopg.Copy, into: psycopg.Copy) -> None:
+    """Move COPY data across in ~1 MB writes: libpq hands it over one row at a time."""
+    pending: list[bytes | bytearray | memoryview] = []
+    size = 0
+    for block in out:
+        pending.append(block)
+        size += len(block)
+        if size >= _PIPE_BYTES:
+            into.write(b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        into.write(b"".join(pending))
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,7 @@ class PgRangeCopy:
         where = _range(self.info.key_column, chunk.lower, chunk.upper)
         query = _select(self.info, where)
         fmt = sql.SQL("(FORMAT BINARY)" if self.info.binary_safe else "")
-        hashed = self.verify == "hash"
+        method = "count" if self.verify == "count" else self.info.hash_method
         with (
             psycopg.connect(libpq_dsn(src_url.render_as_string(hide_password=False))) as src,
             psycopg.connect(libpq_dsn(dst_url.render_as_string(hide_password=False))) as dst,
@@ -123,10 +145,9 @@ class PgRangeCopy:
                 )
                 copy_out = sql.SQL("COPY ({q}) TO STDOUT {fmt}").format(q=query, fmt=fmt)
                 with rc.copy(copy_out) as out, wc.copy(copy_in) as into:
-                    for block in out:
-                        into.write(block)
-                source = fingerprint(rc, query, hashed=hashed)
-                target = fingerprint(wc, _select(self.info, where), hashed=hashed)
+                    _pipe(out, into)
+                source = fingerprint(rc, query, method=method)
+                target = fingerprint(wc, _select(self.info, where), method=method)
             src.rollback()
             dst.commit()
         return ChunkOutcome(

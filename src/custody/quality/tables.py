@@ -21,6 +21,17 @@ class QualityResult:
     failed: list[str] = field(default_factory=list)
 
 
+def preload() -> None:
+    """Import Great Expectations in a background thread (3-4 s) while other work runs."""
+    import threading
+
+    threading.Thread(target=_import_gx, name="gx-preload", daemon=True).start()
+
+
+def _import_gx() -> None:
+    import great_expectations  # noqa: F401
+
+
 def _context() -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
