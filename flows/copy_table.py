@@ -7,45 +7,28 @@ import time
 from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.states import Failed
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.chunks import BatchResult, JobSpec
 from custody.prefect_glue import current_flow_run_id, publish_batch_result
 from custody.transfer.generic import CopyRangeWork
+from flows.params import SQL_NAME, ChunkedJobParams
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.transfer import prepare_target_table
 
-CONNECTION = r"^[a-z][a-z0-9_]{0,62}$"
-SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
 
-
-class CopyTableParams(BaseModel):
+class CopyTableParams(ChunkedJobParams):
     """Parameters of ``copy-table`` (they become the form in the Prefect UI)."""
 
     model_config = ConfigDict(title="Copy a table in verified chunks", extra="forbid")
 
-    source: str = Field(
-        title="Source connection",
-        pattern=CONNECTION,
-        description="Name of a configured connection, never a URL.",
-    )
-    target: str = Field(title="Target connection", pattern=CONNECTION)
     table: str = Field(title="Table", pattern=SQL_NAME)
     key_column: str = Field(
         title="Key column",
         pattern=SQL_NAME,
         description="Unique integer or text column to chunk on.",
-    )
-    chunk_size: int = Field(default=50_000, ge=1, le=1_000_000, title="Rows per chunk")
-    max_concurrency: int = Field(default=4, ge=1, le=64, title="Chunks in flight")
-    continue_on_error: bool = Field(default=True, title="Continue after a failed chunk")
-    job_id: str | None = Field(
-        default=None,
-        title="Job id",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
-        description="Re-use an earlier job id to resume it; empty starts a new job.",
     )
 
 

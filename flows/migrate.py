@@ -8,13 +8,14 @@ from typing import Literal
 from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.states import Failed
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
 from custody.quality import preload as preload_quality_checks
+from flows.params import SQL_NAME, ChunkedJobParams
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import run_chunks
 from tasks.migration import (
@@ -27,38 +28,20 @@ from tasks.migration import (
 )
 from tasks.runtime import runtime
 
-CONNECTION = r"^[a-z][a-z0-9_]{0,62}$"
-SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
 
-
-class MigrateParams(BaseModel):
+class MigrateParams(ChunkedJobParams):
     """Parameters of ``migrate-tables`` (they become the form in the Prefect UI)."""
 
     model_config = ConfigDict(title="Migrate tables between databases", extra="forbid")
 
-    source: str = Field(
-        title="Source connection",
-        pattern=CONNECTION,
-        description="Name of a configured connection, never a URL.",
-    )
-    target: str = Field(title="Target connection", pattern=CONNECTION)
     schema_name: str = Field(default="public", title="Schema", pattern=SQL_NAME)
     tables: list[str] = Field(
         default_factory=list, title="Tables", description="Empty: every table of the schema."
     )
-    chunk_size: int = Field(default=50_000, ge=100, le=1_000_000, title="Rows per chunk")
-    max_concurrency: int = Field(default=2, ge=1, le=32, title="Chunks in flight")
-    continue_on_error: bool = Field(default=True, title="Continue after a failed chunk")
     verify: Literal["hash", "count"] = Field(
         default="hash",
         title="Verification",
         description="hash: count and content hash per chunk on both sides; count: rows only.",
-    )
-    job_id: str | None = Field(
-        default=None,
-        title="Job id",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,100}$",
-        description="Re-use an earlier job id to resume it; empty starts a new job.",
     )
     create_schema: bool = Field(default=True, title="Create missing target tables")
     replace_existing: bool = Field(

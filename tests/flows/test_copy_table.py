@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 
 from custody.audit import Keyring, verify_chain
 from custody.db import get_engine
 from custody.identifiers import reflect_table
-from custody.store.tables import audit_log, job_chunks
 from custody.transfer.generic import fingerprint_range
 from flows.copy_table import CopyTableParams, copy_table
 from tests.support.env import TEST_KEYS, custody_env, set_custody_env
+from tests.support.kill import (
+    flow_command,
+    kill_after_verified,
+    ledger,
+    processed_per_chunk,
+    run_to_end,
+)
 from tests.support.tables import make_items, make_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,8 +65,7 @@ def test_copy_table_verifies_and_a_second_run_with_the_job_id_does_nothing(
 def test_sigkill_halfway_then_resume_processes_each_chunk_once(
     prefect_api: str,
     pg_store: Engine,
-    pg_databases,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    pg_databases,  # type: ignore[no-untyped-def]
 ) -> None:
     src, dst = pg_databases.create("src"), pg_databases.create("dst")
     make_keys(get_engine(src), 1_000_000)
@@ -84,56 +84,20 @@ def test_sigkill_halfway_then_resume_processes_each_chunk_once(
         "max_concurrency": 2,
         "job_id": "kill-1",
     }
-    code = (
-        "import json, sys; from flows.copy_table import CopyTableParams, copy_table; "
-        "r = copy_table(CopyTableParams(**json.loads(sys.argv[1]))); "
-        "print('RESULT', r.model_dump_json())"
-    )
-    args = [sys.executable, "-c", code, json.dumps(params)]
+    args = flow_command("flows.copy_table", "copy_table", "CopyTableParams", params)
 
-    victim = subprocess.Popen(
-        args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    verified = 0
-    while verified < 20:  # of 40 chunks: kill at the halfway mark
-        assert victim.poll() is None, "the flow finished before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-        with pg_store.connect() as c:
-            verified = c.execute(
-                select(func.count()).where(job_chunks.c.status == "verified")
-            ).scalar_one()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    with pg_store.connect() as c:
-        before = {
-            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
-        }
+    kill_after_verified(args, env, pg_store, 20)  # of 40 chunks: the halfway mark
+    before = ledger(pg_store)
     done_before = {n for n, (status, _, _) in before.items() if status == "verified"}
     assert 20 <= len(done_before) < 40
 
-    rerun = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    result = json.loads(rerun.stdout.split("RESULT", 1)[1])
+    result = run_to_end(args, env)
     assert result["status"] == "success"
     assert result["skipped"] == len(done_before) and result["successful"] == 40 - len(done_before)
-
-    with pg_store.connect() as c:
-        after = {
-            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
-        }
-        chunk_no = audit_log.c.details["chunk_no"].as_integer()
-        processed = dict(
-            c.execute(
-                select(chunk_no, func.count())
-                .where(audit_log.c.action == "data.copy.chunk_processed")
-                .group_by(chunk_no)
-            ).all()
-        )
+    after = ledger(pg_store)
     assert all(status == "verified" for status, _, _ in after.values()) and len(after) == 40
     assert all(after[n] == before[n] for n in done_before)  # verified chunks were not touched again
-    assert processed == {n: 1 for n in range(40)}  # every chunk processed exactly once
+    assert processed_per_chunk(pg_store, "data.copy.chunk_processed") == {n: 1 for n in range(40)}
     with get_engine(dst).connect() as c:
         assert c.execute(text("SELECT count(*), count(DISTINCT id) FROM items")).one() == (
             1_000_000,

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -18,9 +13,16 @@ from sqlalchemy import Engine, func, select, text
 
 from custody.audit import Keyring, verify_chain
 from custody.db import get_engine
-from custody.store.tables import audit_log, dead_letters, job_chunks
+from custody.store.tables import dead_letters, job_chunks
 from flows.migrate import MigrateParams, migrate_tables
 from tests.support.env import TEST_KEYS, custody_env, set_custody_env
+from tests.support.kill import (
+    flow_command,
+    kill_after_verified,
+    ledger,
+    processed_per_chunk,
+    run_to_end,
+)
 from tests.support.pagila import load_pagila, table_digests
 from tests.support.tables import make_keys
 
@@ -33,6 +35,23 @@ async def markdown(key_prefix: str) -> str:
         arts = await client.read_artifacts()
     found = [a for a in arts if a.key and a.key.startswith(key_prefix)]
     return str(max(found, key=lambda a: a.created).data) if found else ""
+
+
+@pytest.fixture
+def src_dst(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> tuple[str, str]:
+    """Fresh source and target databases, named src and dst in custody's settings."""
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"src": src, "dst": dst},
+    )
+    return src, dst
 
 
 def test_pagila_migrates_exactly_and_a_rerun_does_nothing(
@@ -84,23 +103,13 @@ def test_pagila_migrates_exactly_and_a_rerun_does_nothing(
     assert verify_chain(pg_store, KEYRING).ok
 
 
-def test_a_rejected_row_fails_its_chunk_only(
-    prefect_api: str,
-    pg_store: Engine,
-    pg_databases,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-) -> None:
-    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+def test_a_rejected_row_fails_its_chunk_only(src_dst: tuple[str, str], pg_store: Engine) -> None:
+    src, dst = src_dst
     make_keys(get_engine(src), 50_000)
     with psycopg.connect(dst, autocommit=True) as conn:  # a target that refuses one row
         conn.execute(
             "CREATE TABLE items (id bigint, label text NOT NULL CHECK (label <> 'k31337'))"
         )
-    set_custody_env(
-        monkeypatch,
-        store_url=pg_store.url.render_as_string(hide_password=False),
-        connections={"src": src, "dst": dst},
-    )
     params = MigrateParams(
         source="src", target="dst", tables=["items"], chunk_size=5_000, job_id="reject-1"
     )
@@ -131,9 +140,10 @@ def test_sigkill_then_resume_converges(
 ) -> None:
     src, dst = pg_databases.create("src"), pg_databases.create("dst")
     make_keys(get_engine(src), 200_000)
+    store_url = pg_store.url.render_as_string(hide_password=False)
     env = {
         **os.environ,
-        **custody_env(pg_store.url.render_as_string(hide_password=False), {"src": src, "dst": dst}),
+        **custody_env(store_url, {"src": src, "dst": dst}),
         "PREFECT_API_URL": prefect_api,
     }
     params = {
@@ -144,51 +154,21 @@ def test_sigkill_then_resume_converges(
         "max_concurrency": 2,
         "job_id": f"kill-{kill_after}",
     }
-    code = (
-        "import json, sys; from flows.migrate import MigrateParams, migrate_tables; "
-        "r = migrate_tables(MigrateParams(**json.loads(sys.argv[1]))); "
-        "print('RESULT', r.model_dump_json())"
-    )
-    args = [sys.executable, "-c", code, json.dumps(params)]
-    victim = subprocess.Popen(
-        args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline, verified = time.monotonic() + 180, 0
-    while verified < kill_after:
-        assert victim.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-        with pg_store.connect() as c:
-            verified = c.execute(
-                select(func.count()).where(job_chunks.c.status == "verified")
-            ).scalar_one()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    with pg_store.connect() as c:
-        before = {
-            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
-        }
+    args = flow_command("flows.migrate", "migrate_tables", "MigrateParams", params)
+
+    kill_after_verified(args, env, pg_store, kill_after)
+    before = ledger(pg_store)
     done = {n for n, (status, _, _) in before.items() if status == "verified"}
 
-    rerun = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    result = json.loads(rerun.stdout.split("RESULT", 1)[1])
+    result = run_to_end(args, env)
     assert result["status"] == "success"
     [table] = result["tables"]
     assert table["already_verified"] == len(done) and table["verified_now"] == 20 - len(done)
-    with pg_store.connect() as c:
-        after = {
-            r.chunk_no: (r.status, r.attempts, r.finished_at) for r in c.execute(select(job_chunks))
-        }
-        chunk_no = audit_log.c.details["chunk_no"].as_integer()
-        processed = dict(
-            c.execute(
-                select(chunk_no, func.count())
-                .where(audit_log.c.action == "data.migration.chunk_processed")
-                .group_by(chunk_no)
-            ).all()
-        )
+    after = ledger(pg_store)
     assert all(after[n] == before[n] for n in done)  # only unfinished chunks were redone
-    assert processed == {n: 1 for n in range(20)}
+    assert processed_per_chunk(pg_store, "data.migration.chunk_processed") == {
+        n: 1 for n in range(20)
+    }
     assert table_digests(src) == table_digests(dst)
     with get_engine(dst).connect() as c:
         assert c.execute(text("SELECT count(*), count(DISTINCT id) FROM items")).one() == (
@@ -198,21 +178,11 @@ def test_sigkill_then_resume_converges(
     assert verify_chain(pg_store, KEYRING).ok
 
 
-def test_dry_run_plans_and_changes_nothing(
-    prefect_api: str,
-    pg_store: Engine,
-    pg_databases,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-) -> None:
-    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+def test_dry_run_plans_and_changes_nothing(src_dst: tuple[str, str], pg_store: Engine) -> None:
+    src, dst = src_dst
     make_keys(get_engine(src), 30_000)
     with psycopg.connect(src, autocommit=True) as conn:
         conn.execute("ANALYZE items")
-    set_custody_env(
-        monkeypatch,
-        store_url=pg_store.url.render_as_string(hide_password=False),
-        connections={"src": src, "dst": dst},
-    )
     result = migrate_tables(
         MigrateParams(source="src", target="dst", chunk_size=10_000, job_id="plan-1", dry_run=True)
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
-PAGILA = Path(__file__).resolve().parents[3] / "shared" / "data" / "postgres" / "pagila"
+SHARED = Path(os.environ.get("CUSTODY_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
+PAGILA = SHARED / "data" / "postgres" / "pagila"
 
 
 def load_pagila(url: str) -> None:
     """Load schema and data into an empty database (about 3 s)."""
+    assert PAGILA.is_dir(), (
+        f"Pagila sample data not found at {PAGILA}: the tests expect the project's shared/ folder "
+        "beside the repository (or CUSTODY_SHARED_DIR pointing at it)"
+    )
     psql = shutil.which("psql")
     assert psql, "psql is needed to load Pagila: install the PostgreSQL client"
     for name in ("pagila-schema.sql", "pagila-data.sql"):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from custody.audit.append import append_chained
 from custody.audit.chain import Keyring
@@ -88,6 +88,14 @@ class AuditLog:
             if event.severity is Severity.CRITICAL:
                 self._announce(event, first + offset)
         return result
+
+    def append_in(self, connection: Connection, events: Sequence[AuditEvent]) -> AppendResult:
+        """Append inside the caller's transaction on this store, to commit with other writes.
+
+        Critical listeners are not called here: the caller's transaction may still roll back.
+        """
+        first, last, head = append_chained(connection, events, utc_now(), self.keyring)
+        return AppendResult(first, last, head)
 
     def log_critical(self, event: AuditEvent) -> AppendResult:
         """Write a critical event at once (never buffered) and announce it to the listeners."""

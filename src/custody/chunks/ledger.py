@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from custody.chunks.models import (
@@ -21,6 +21,18 @@ from custody.chunks.planner import KeyRange
 from custody.db import utc_now, write_transaction
 from custody.errors import JobPlanMismatchError
 from custody.store.tables import dead_letters, job_chunks, jobs
+
+Recorder = Callable[[Connection], object]
+"""Extra writes that must commit together with a ledger update (e.g. the chunk's audit event)."""
+
+
+def _counts(outcome: ChunkOutcome) -> dict[str, Any]:
+    return {
+        "source_count": outcome.source_count,
+        "source_hash": outcome.source_hash,
+        "target_count": outcome.target_count,
+        "target_hash": outcome.target_hash,
+    }
 
 
 def _dump_key(value: KeyValue | None) -> str | None:
@@ -155,25 +167,38 @@ class Ledger:
             ).scalar()
         return None if attempts is None else int(attempts)
 
-    def finish(self, chunk: Chunk, outcome: ChunkOutcome, error: str | None = None) -> None:
-        """Record both sides' counts and hashes: verified if they agree, failed otherwise."""
-        status = ChunkStatus.VERIFIED if outcome.verified and error is None else ChunkStatus.FAILED
+    def finish(
+        self, chunk: Chunk, outcome: ChunkOutcome, *, record: Recorder | None = None
+    ) -> None:
+        """Mark a chunk verified with both sides' counts and hashes.
+
+        ``record`` runs in the same transaction (the audit event of the chunk), so a crash can
+        never leave a verified chunk without its event, or an event for an unverified chunk.
+        """
         with write_transaction(self.engine) as connection:
             connection.execute(
                 update(job_chunks)
                 .where(*self._key(chunk), job_chunks.c.status != ChunkStatus.VERIFIED.value)
                 .values(
-                    status=status.value,
-                    source_count=outcome.source_count,
-                    source_hash=outcome.source_hash,
-                    target_count=outcome.target_count,
-                    target_hash=outcome.target_hash,
-                    error=error,
+                    status=ChunkStatus.VERIFIED.value,
+                    error=None,
                     finished_at=utc_now(),
+                    **_counts(outcome),
                 )
             )
+            if record is not None:
+                record(connection)
 
-    def fail(self, chunk: Chunk, error_type: str, error: str, *, dead_letter: bool) -> None:
+    def fail(
+        self,
+        chunk: Chunk,
+        error_type: str,
+        error: str,
+        *,
+        dead_letter: bool,
+        outcome: ChunkOutcome | None = None,
+        record: Recorder | None = None,
+    ) -> None:
         """Record a failed attempt; on the final one, also file a dead letter for replay."""
         now = utc_now()
         with write_transaction(self.engine) as connection:
@@ -184,8 +209,11 @@ class Ledger:
                     status=ChunkStatus.FAILED.value,
                     error=f"{error_type}: {error}",
                     finished_at=now,
+                    **(_counts(outcome) if outcome is not None else {}),
                 )
             )
+            if record is not None:
+                record(connection)
             if not dead_letter:
                 return
             attempts = connection.execute(

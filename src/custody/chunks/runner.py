@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from custody.audit import AuditEvent, AuditLog, AuditStatus
-from custody.chunks.ledger import Ledger
+from custody.chunks.ledger import Ledger, Recorder
 from custody.chunks.models import Chunk, ChunkOutcome
 from custody.chunks.retry import is_transient
 from custody.errors import CustodyError, safe_error
@@ -59,71 +59,56 @@ def run_chunk(
     if attempt is None:  # verified by an earlier run (or a concurrent one)
         return None
     chunk = chunk.model_copy(update={"attempt": attempt})
+
+    def recorder(status: AuditStatus, **details: Any) -> Recorder:
+        event = _event(chunk, principal, correlation_id, status, attempt=attempt, **details)
+        return lambda connection: audit.append_in(connection, [event])
+
     try:
         outcome = work(chunk)
     except Exception as exc:
         transient = is_transient(exc)
         last = final_attempt or not transient
-        ledger.fail(chunk, type(exc).__name__, str(exc), dead_letter=last)
-        if last:
-            _audit(
-                audit,
-                chunk,
-                principal,
-                correlation_id,
-                AuditStatus.FAILED,
-                attempt=attempt,
-                error=safe_error(exc),
-            )
+        ledger.fail(
+            chunk,
+            type(exc).__name__,
+            str(exc),
+            dead_letter=last,
+            record=recorder(AuditStatus.FAILED, error=safe_error(exc)) if last else None,
+        )
         raise ChunkFailedError(chunk, safe_error(exc), transient=transient) from None
     if not outcome.verified:
         reason = (
             f"verification mismatch: source {outcome.source_count} rows/{outcome.source_hash}, "
             f"target {outcome.target_count} rows/{outcome.target_hash}"
         )
-        ledger.finish(chunk, outcome, error=reason)
-        ledger.fail(chunk, "VerificationMismatch", reason, dead_letter=True)
-        _audit(
-            audit,
+        ledger.fail(
             chunk,
-            principal,
-            correlation_id,
-            AuditStatus.FAILED,
-            attempt=attempt,
-            error=reason,
-            **outcome.model_dump(),
+            "VerificationMismatch",
+            reason,
+            dead_letter=True,
+            outcome=outcome,
+            record=recorder(AuditStatus.FAILED, error=reason, **outcome.model_dump()),
         )
         raise ChunkFailedError(chunk, reason, transient=False)
-    ledger.finish(chunk, outcome)
-    _audit(
-        audit,
-        chunk,
-        principal,
-        correlation_id,
-        AuditStatus.SUCCESS,
-        attempt=attempt,
-        **outcome.model_dump(),
-    )
+    ledger.finish(chunk, outcome, record=recorder(AuditStatus.SUCCESS, **outcome.model_dump()))
     return outcome
 
 
-def _audit(
-    audit: AuditLog,
+def _event(
     chunk: Chunk,
     principal: str,
     correlation_id: str | None,
     status: AuditStatus,
     **details: Any,
-) -> None:
+) -> AuditEvent:
     verb = "chunk_processed" if status is AuditStatus.SUCCESS else "chunk_failed"
-    audit.log(
-        AuditEvent(
-            principal=principal,
-            action=f"{chunk.audit_prefix}.{verb}",
-            status=status,
-            resource_type="job_chunk",
-            resource_id=chunk.ref,
-            correlation_id=correlation_id,
-            details={"job_id": chunk.job_id, "chunk_no": chunk.chunk_no, **details},
-        )
+    return AuditEvent(
+        principal=principal,
+        action=f"{chunk.audit_prefix}.{verb}",
+        status=status,
+        resource_type="job_chunk",
+        resource_id=chunk.ref,
+        correlation_id=correlation_id,
+        details={"job_id": chunk.job_id, "chunk_no": chunk.chunk_no, **details},
     )

@@ -1,0 +1,31 @@
+"""Parameter fields shared by the chunked flows, so every form validates names the same way."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONNECTION = r"^[a-z][a-z0-9_]{0,62}$"
+SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,100}$"
+
+
+class ChunkedJobParams(BaseModel):
+    """Source, target and how a chunked job runs (the first fields of every chunked flow form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        title="Source connection",
+        pattern=CONNECTION,
+        description="Name of a configured connection, never a URL.",
+    )
+    target: str = Field(title="Target connection", pattern=CONNECTION)
+    chunk_size: int = Field(default=50_000, ge=1, le=1_000_000, title="Rows per chunk")
+    max_concurrency: int = Field(default=2, ge=1, le=32, title="Chunks in flight")
+    continue_on_error: bool = Field(default=True, title="Continue after a failed chunk")
+    job_id: str | None = Field(
+        default=None,
+        title="Job id",
+        pattern=JOB_ID,
+        description="Re-use an earlier job id to resume it; empty starts a new job.",
+    )
