@@ -104,6 +104,13 @@ def prefect_api() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
+def _close_pools() -> Iterator[None]:
+    """Each test makes its own databases: close their pooled connections when it ends."""
+    yield
+    dispose_engines()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     """Settings and task runtime are cached per process: start and end every test clean."""
     from tasks.runtime import reset_runtime

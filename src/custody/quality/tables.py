@@ -76,7 +76,12 @@ def check_table(
     validation = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}-validation", data=batch, suite=suite)
     )
-    result = validation.run(result_format="BOOLEAN_ONLY")
+    try:
+        result = validation.run(result_format="BOOLEAN_ONLY")
+    finally:
+        # GX builds a pooled engine per data source and never closes it: a long-lived worker
+        # would run out of database connections one suite at a time.
+        source.get_engine().dispose()
     failed = [
         f"{r.expectation_config.type}({r.expectation_config.kwargs.get('column') or ''})"
         for r in result.results
