@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, inspect, literal, select
 
 from custody.chunks import ChunkWork, JobPlan, JobSpec, plan_key_ranges
 from custody.db import is_postgres
@@ -90,8 +90,6 @@ def prepare_target_schema(
         return "created"
     created = False
     for name in names:
-        from sqlalchemy import inspect
-
         if not inspect(dst).has_table(name):
             if not create_schema:
                 raise MigrationRefusedError(f"target table {name!r} is missing")
@@ -126,12 +124,7 @@ def plan_migration(
 def _has_rows(engine: Engine, info: TableInfo) -> bool:
     table = reflect_table(engine, info.name, info.schema or None)
     with engine.connect() as c:
-        return (
-            c.execute(
-                select(func.count()).select_from(select(table).limit(1).subquery())
-            ).scalar_one()
-            > 0
-        )
+        return c.execute(select(literal(1)).select_from(table).limit(1)).first() is not None
 
 
 @task(name="finalize-target-schema", retries=1, retry_delay_seconds=2, **_NO_CACHE)

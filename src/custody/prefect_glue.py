@@ -74,14 +74,11 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
     Returns:
         Event counts by status, for the caller's own summary.
     """
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
     rows = run_summary(engine, correlation_id)
-    key = artifact_key(f"{title}-audit")
-    create_table_artifact(
-        table=rows or [{"action": "(none)", "events": 0}],
-        key=key,
-        description=f"Audit events written by this run ({title}); no resource ids or details.",
+    publish_table(
+        f"{title}-audit",
+        rows or [{"action": "(none)", "events": 0}],
+        f"Audit events written by this run ({title}); no resource ids or details.",
     )
     by_status: dict[str, int] = {}
     for row in rows:
@@ -101,7 +98,7 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
         "",
         "Verify the whole chain with `custody audit verify`.",
     ]
-    create_markdown_artifact("\n".join(lines), key=artifact_key(f"{title}-audit-summary"))
+    publish_markdown(f"{title}-audit-summary", "\n".join(lines))
     return by_status
 
 
@@ -149,10 +146,9 @@ class ProgressReporter:
 
 def publish_batch_result(title: str, job_id: str, result: Any, seconds: float) -> None:
     """Summary table and markdown report of a chunked job (a ``BatchResult``)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    create_table_artifact(
-        table=[
+    publish_table(
+        f"{title}-summary",
+        [
             {
                 "job_id": job_id,
                 "status": result.status,
@@ -165,8 +161,7 @@ def publish_batch_result(title: str, job_id: str, result: Any, seconds: float) -
                 "rows_per_s": round(result.rows / seconds) if seconds > 0 else None,
             }
         ],
-        key=artifact_key(f"{title}-summary"),
-        description=f"{title}: chunk counts and throughput",
+        f"{title}: chunk counts and throughput",
     )
     lines = [
         f"# {title}: {result.status}",
@@ -179,7 +174,7 @@ def publish_batch_result(title: str, job_id: str, result: Any, seconds: float) -
         lines += ["", "## Failed chunks", "", "| chunk | reason |", "|---|---|"]
         lines += [f"| `{f.ref}` | {f.error} |" for f in result.failures[:200]]
         lines += ["", "Full errors are in the `job_chunks` ledger and `dead_letters` table."]
-    create_markdown_artifact("\n".join(lines), key=artifact_key(f"{title}-report"))
+    publish_markdown(f"{title}-report", "\n".join(lines))
 
 
 def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:

@@ -80,13 +80,11 @@ class AuditLog:
         """
         if not events:
             raise ValueError("log_batch needs at least one event")
-        recorded_at = utc_now()
         with write_transaction(self.engine) as connection:
-            first, last, head = append_chained(connection, events, recorded_at, self.keyring)
-        result = AppendResult(first, last, head)
+            result = self.append_in(connection, events)
         for offset, event in enumerate(events):
             if event.severity is Severity.CRITICAL:
-                self._announce(event, first + offset)
+                self._announce(event, result.first_seq + offset)
         return result
 
     def append_in(self, connection: Connection, events: Sequence[AuditEvent]) -> AppendResult:

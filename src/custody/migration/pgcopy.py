@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from sqlalchemy.engine import URL
 
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.db import get_engine
@@ -26,11 +27,8 @@ _SESSION = (
 )
 
 
-def libpq_dsn(url: str) -> str:
-    """A libpq connection string from a SQLAlchemy URL (for psycopg and pg_dump)."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
+def libpq_dsn(parsed: URL) -> str:
+    """A libpq connection string from a SQLAlchemy URL, for direct psycopg connections."""
     parts = {
         "host": parsed.host,
         "port": parsed.port,
@@ -124,8 +122,8 @@ class PgRangeCopy:
         fmt = sql.SQL("(FORMAT BINARY)" if self.info.binary_safe else "")
         method = "count" if self.verify == "count" else self.info.hash_method
         with (
-            psycopg.connect(libpq_dsn(src_url.render_as_string(hide_password=False))) as src,
-            psycopg.connect(libpq_dsn(dst_url.render_as_string(hide_password=False))) as dst,
+            psycopg.connect(libpq_dsn(src_url)) as src,
+            psycopg.connect(libpq_dsn(dst_url)) as dst,
         ):
             # One snapshot on the source for both the copy and its fingerprint.
             src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

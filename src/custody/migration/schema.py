@@ -13,7 +13,6 @@ import shutil
 import subprocess
 
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from custody.errors import CustodyError
 from custody.identifiers import check_name
@@ -24,7 +23,7 @@ class SchemaCopyError(CustodyError):
 
 
 def _libpq_env(engine: Engine) -> dict[str, str]:
-    url = make_url(engine.url.render_as_string(hide_password=False))
+    url = engine.url
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     values = {
         "PGHOST": url.host,
