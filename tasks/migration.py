@@ -16,8 +16,10 @@ from custody.migration.catalog import TableInfo, describe_table, list_tables
 from custody.migration.generic import describe_table_generic, list_tables_generic
 from custody.migration.pgcopy import PgRangeCopy
 from custody.migration.schema import (
+    add_load_indexes,
     constraint_count,
     copy_schema_section,
+    drop_load_indexes,
     existing_tables,
     sync_sequences,
 )
@@ -73,21 +75,10 @@ def prepare_target_schema(
     src, dst = rt.engine(source), rt.engine(target)
     names = [t.name for t in tables]
     if both_postgres(src, dst):
-        present = existing_tables(dst, schema, names)
-        if len(present) == len(names):
-            return "existing"
-        if present:
-            missing = sorted(set(names) - present)
-            raise MigrationRefusedError(
-                f"target schema {schema!r} has some of the tables but not {missing}: create them "
-                "or migrate into an empty schema"
-            )
-        if not create_schema:
-            raise MigrationRefusedError(
-                f"target has none of the tables and create_schema is off: {names}"
-            )
-        copy_schema_section(src, dst, schema, "pre-data")
-        return "created"
+        outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema)
+        if outcome == "created":  # never change the structure of a user's own tables
+            add_load_indexes(dst, schema, {t.name: t.key_column for t in tables if t.key_column})
+        return outcome
     created = False
     for name in names:
         if not inspect(dst).has_table(name):
@@ -96,6 +87,26 @@ def prepare_target_schema(
             ensure_target_table(reflect_table(src, name), dst)
             created = True
     return "created" if created else "existing"
+
+
+def _prepare_postgres_tables(
+    src: Engine, dst: Engine, schema: str, names: list[str], create_schema: bool
+) -> str:
+    present = existing_tables(dst, schema, names)
+    if len(present) == len(names):
+        return "existing"
+    if present:
+        missing = sorted(set(names) - present)
+        raise MigrationRefusedError(
+            f"target schema {schema!r} has some of the tables but not {missing}: create them "
+            "or migrate into an empty schema"
+        )
+    if not create_schema:
+        raise MigrationRefusedError(
+            f"target has none of the tables and create_schema is off: {names}"
+        )
+    copy_schema_section(src, dst, schema, "pre-data")
+    return "created"
 
 
 @task(name="plan-table-chunks", retries=2, retry_delay_seconds=2, **_NO_CACHE)
@@ -135,6 +146,7 @@ def finalize_target_schema(source: str, target: str, schema: str) -> dict[str, i
     if not both_postgres(src, dst):
         return {"post_data_applied": 0, "sequences": 0}
     applied = 0
+    drop_load_indexes(dst, schema)  # before counting: they are not the source's
     if constraint_count(dst, schema) < constraint_count(src, schema):
         copy_schema_section(src, dst, schema, "post-data")
         applied = 1

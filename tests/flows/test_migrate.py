@@ -83,6 +83,9 @@ def test_pagila_migrates_exactly_and_a_rerun_does_nothing(
         )
         triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone()
         next_id = conn.execute("SELECT nextval('actor_actor_id_seq')").fetchone()
+        load_indexes = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'custody\\_load\\_%'"
+        ).fetchone()
         partitions = conn.execute(
             "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE c.relkind = 'r' AND i.inhparent = 'payment'::regclass"
@@ -96,6 +99,7 @@ def test_pagila_migrates_exactly_and_a_rerun_does_nothing(
     assert triggers and triggers[0] >= 15
     assert next_id and next_id[0] == 201  # sequences follow the source
     assert partitions and partitions[0] == 7
+    assert load_indexes == (0,)  # the BRIN indexes used while loading are gone
 
     again = migrate_tables(params)
     assert again.status == "success" and again.nothing_to_do

@@ -8,6 +8,8 @@ of per-row 64-bit hashes), computed by each server on its own data.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psycopg
@@ -17,6 +19,7 @@ from sqlalchemy.engine import URL
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.db import get_engine
 from custody.migration.catalog import TableInfo
+from custody.pgclient import has_client_tool, libpq_dsn, psql_copy_out
 from custody.settings import get_settings
 
 # Fixed output settings so that both servers render every row's text form identically.
@@ -25,21 +28,6 @@ _SESSION = (
     "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
     "SET LOCAL bytea_output = 'hex'"
 )
-
-
-def libpq_dsn(parsed: URL) -> str:
-    """A libpq connection string from a SQLAlchemy URL, for direct psycopg connections."""
-    parts = {
-        "host": parsed.host,
-        "port": parsed.port,
-        "user": parsed.username,
-        "password": parsed.password,
-        "dbname": parsed.database,
-        **{k: v for k, v in parsed.query.items() if isinstance(v, str)},
-    }
-    return psycopg.conninfo.make_conninfo(
-        "", **{k: str(v) for k, v in parts.items() if v is not None}
-    )
 
 
 def _range(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -> sql.Composable:
@@ -84,8 +72,8 @@ def fingerprint(
 _PIPE_BYTES = 1 << 20
 
 
-def _pipe(out: psycopg.Copy, into: psycopg.Copy) -> None:
-    """Move COPY data across in ~1 MB writes: libpq hands it over one row at a time."""
+def _pipe(out: Iterable[bytes | bytearray | memoryview], into: psycopg.Copy) -> None:
+    """Move COPY data across in ~1 MB writes (libpq hands it over one row at a time)."""
     pending: list[bytes | bytearray | memoryview] = []
     size = 0
     for block in out:
@@ -96,6 +84,29 @@ def _pipe(out: psycopg.Copy, into: psycopg.Copy) -> None:
             pending, size = [], 0
     if pending:
         into.write(b"".join(pending))
+
+
+def _copy_out(
+    src: psycopg.Connection[tuple[object, ...]], src_url: URL, copy_out: sql.Composed
+) -> contextlib.AbstractContextManager[Iterable[bytes | bytearray | memoryview]]:
+    """The source rows as COPY data, read in the source transaction's snapshot.
+
+    With psql on PATH a psql process joins the snapshot (``SET TRANSACTION SNAPSHOT``) and moves
+    the rows in C: about twice the rows per second of reading them here, row by row, through
+    libpq. Without psql, this connection reads them itself.
+    """
+    if not has_client_tool("psql"):
+        return src.cursor().copy(copy_out)
+    snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()
+    assert snapshot is not None
+    script = ";\n".join([
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot[0])).as_string(src),
+        *_SESSION.replace("SET LOCAL", "SET").split("; "),
+        copy_out.as_string(src),
+        "COMMIT;\n",
+    ])  # fmt: skip
+    return psql_copy_out(src_url, script, block_size=_PIPE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,8 @@ class PgRangeCopy:
                     fmt=fmt,
                 )
                 copy_out = sql.SQL("COPY ({q}) TO STDOUT {fmt}").format(q=query, fmt=fmt)
-                with rc.copy(copy_out) as out, wc.copy(copy_in) as into:
+                # Source last: if reading fails, the COPY into the target is aborted.
+                with wc.copy(copy_in) as into, _copy_out(src, src_url, copy_out) as out:
                     _pipe(out, into)
                 source = fingerprint(rc, query, method=method)
                 target = fingerprint(wc, _select(self.info, where), method=method)

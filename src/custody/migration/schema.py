@@ -8,42 +8,18 @@ into unindexed tables is faster, and triggers must not fire on migrated rows.
 
 from __future__ import annotations
 
-import os
-import shutil
+import hashlib
 import subprocess
 
 from sqlalchemy import Engine, text
 
 from custody.errors import CustodyError
 from custody.identifiers import check_name
+from custody.pgclient import client_tool, libpq_env
 
 
 class SchemaCopyError(CustodyError):
     """pg_dump or psql failed; the message carries their error output (DDL only, no rows)."""
-
-
-def _libpq_env(engine: Engine) -> dict[str, str]:
-    url = engine.url
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    values = {
-        "PGHOST": url.host,
-        "PGPORT": str(url.port) if url.port else None,
-        "PGUSER": url.username,
-        "PGPASSWORD": url.password,  # via the environment: never on a command line
-        "PGDATABASE": url.database,
-    }
-    env.update({k: v for k, v in values.items() if v})
-    return env
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise SchemaCopyError(
-            f"{name} is needed to copy PostgreSQL schemas; install the PostgreSQL client "
-            "(Debian: apt-get install postgresql-client)"
-        )
-    return found
 
 
 def copy_schema_section(source: Engine, target: Engine, schema: str, section: str) -> None:
@@ -53,9 +29,9 @@ def copy_schema_section(source: Engine, target: Engine, schema: str, section: st
         raise ValueError(f"unknown pg_dump section {section!r}")
     # Fixed argv (no shell); the only variable part is a checked schema name.
     dump = subprocess.run(  # noqa: S603
-        [_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner",
+        [client_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner",
          "--no-privileges", f"--schema={schema}"],
-        env=_libpq_env(source), capture_output=True, timeout=600, check=False,
+        env=libpq_env(source.url), capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     if dump.returncode != 0:
         raise SchemaCopyError(f"pg_dump failed: {dump.stderr.decode(errors='replace')[-2000:]}")
@@ -68,9 +44,9 @@ def copy_schema_section(source: Engine, target: Engine, schema: str, section: st
             if not line.startswith((b"CREATE SCHEMA ", b"COMMENT ON SCHEMA "))
         )
     restore = subprocess.run(  # noqa: S603
-        [_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction",
+        [client_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction",
          "--set=ON_ERROR_STOP=1", "--output=/dev/null"],
-        input=script, env=_libpq_env(target), capture_output=True, timeout=600, check=False,
+        input=script, env=libpq_env(target.url), capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     if restore.returncode != 0:
         raise SchemaCopyError(f"psql failed: {restore.stderr.decode(errors='replace')[-2000:]}")
@@ -129,3 +105,60 @@ def sync_sequences(source: Engine, target: Engine, schema: str) -> int:
                 {"s": schema, "n": name, "v": last_value},
             )
     return len(values)
+
+
+LOAD_INDEX_PREFIX = "custody_load_"
+
+
+def _load_index_name(table: str) -> str:
+    # Names are per schema and at most 63 bytes: a digest keeps long table names apart.
+    return LOAD_INDEX_PREFIX + hashlib.sha256(table.encode()).hexdigest()[:16]
+
+
+def add_load_indexes(engine: Engine, schema: str, keys: dict[str, str]) -> int:
+    """Give each target table ``{table: key column}`` a BRIN index on its key while it loads.
+
+    The primary key comes only after the data (post-data), so without this every chunk's
+    verification scans the whole target table: quadratic in its size. A BRIN index costs almost
+    nothing per inserted row and narrows each chunk's scan to the pages its COPY wrote. Tables
+    that already have an index starting with the key are left alone. Returns how many were added.
+    """
+    check_name(schema, "schema name")
+    added = 0
+    with engine.begin() as c:
+        for table, key in keys.items():
+            check_name(table, "table name")
+            check_name(key, "column name")
+            indexed = c.execute(
+                text(
+                    "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = i.indkey[0] WHERE i.indrelid = "
+                    "to_regclass(format('%I.%I', CAST(:s AS text), CAST(:t AS text))) "
+                    "AND a.attname = :k"
+                ),
+                {"s": schema, "t": table, "k": key},
+            ).first()
+            if indexed is None:
+                c.exec_driver_sql(
+                    f'CREATE INDEX IF NOT EXISTS "{_load_index_name(table)}" '
+                    f'ON "{schema}"."{table}" USING brin ("{key}")'
+                )
+                added += 1
+    return added
+
+
+def drop_load_indexes(engine: Engine, schema: str) -> int:
+    """Drop the BRIN indexes ``add_load_indexes`` made in ``schema``; returns how many."""
+    check_name(schema, "schema name")
+    with engine.begin() as c:
+        names = c.execute(
+            text(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = :s "
+                "AND indexname LIKE :p ESCAPE '\\'"
+            ),
+            {"s": schema, "p": LOAD_INDEX_PREFIX.replace("_", "\\_") + "%"},
+        ).scalars()
+        dropped = list(names)
+        for name in dropped:
+            c.exec_driver_sql(f'DROP INDEX "{schema}"."{name}"')
+    return len(dropped)
