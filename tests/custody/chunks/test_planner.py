@@ -49,6 +49,22 @@ def test_ranges_cover_every_key_exactly_once(
     with source.connect() as c:
         all_keys = c.execute(text("SELECT id FROM items ORDER BY id")).scalars().all()
     assert covered(source, ranges) == all_keys
+    # Keyset seeks along the index: each step starts after the previous boundary, so the
+    # whole plan reads every key once (no OFFSET paging from the start of the table).
+    seeks = [s for s in statements if "OFFSET" in s.upper()]
+    assert len(seeks) == chunks + (rows % size == 0)
+    assert all(">" in s for s in seeks[1:])
+
+
+def test_unindexed_key_is_planned_in_one_numbered_pass(source: Engine) -> None:
+    with source.begin() as c:
+        c.execute(text("CREATE TABLE loose (n integer)"))
+        c.execute(text("INSERT INTO loose (n) VALUES " + ", ".join(f"({i})" for i in range(95))))
+    statements: list[str] = []
+    event.listen(source, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    ranges = plan_key_ranges(source, reflect_table(source, "loose"), "n", 10)
+    assert [r[1] for r in ranges] == [*range(9, 95, 10), 94]
+    assert any("row_number" in s.lower() for s in statements)
     assert not any("OFFSET" in s.upper() for s in statements)
 
 
