@@ -18,7 +18,6 @@ from tasks.runtime import runtime
     persist_result=False,
     retries=2,
     retry_delay_seconds=1,
-    tags=["custody", "audit"],
 )
 def record_event(
     action: str,
@@ -49,7 +48,6 @@ def record_event(
     name="publish-audit-artifacts",
     cache_policy=NO_CACHE,
     persist_result=False,
-    tags=["custody", "audit"],
 )
 def publish_audit_artifacts(title: str) -> dict[str, int]:
     """Table and markdown artifacts of the current run's audit events."""
@@ -64,7 +62,6 @@ def publish_audit_artifacts(title: str) -> dict[str, int]:
     name="verify-audit-chain",
     cache_policy=NO_CACHE,
     persist_result=False,
-    tags=["custody", "audit"],
 )
 def verify_audit_chain() -> dict[str, Any]:
     """Walk the whole chain; the result names the first broken event, never its content."""

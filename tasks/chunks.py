@@ -54,7 +54,6 @@ def _chunk_run_name() -> str:
     persist_result=False,
     retries=2,
     retry_delay_seconds=2,
-    tags=["custody", "plan"],
 )
 def plan_table_chunks(spec: JobSpec, connection: str, table: str) -> JobPlan:
     """Plan keyset chunks over a table, or load the stored plan when the job id exists."""
@@ -80,7 +79,6 @@ def plan_table_chunks(spec: JobSpec, connection: str, table: str) -> JobPlan:
     cache_policy=NO_CACHE,
     persist_result=False,
     task_run_name=_chunk_run_name,
-    tags=["custody", "chunk"],
 )
 def process_chunk(chunk: Chunk, work: ChunkWork) -> ChunkOutcome | None:
     """Run one chunk through the ledger protocol; None means the ledger had it verified."""

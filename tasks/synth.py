@@ -13,7 +13,6 @@ from tasks.runtime import runtime
     name="generate-synthetic-ehr",
     cache_policy=NO_CACHE,
     persist_result=False,
-    tags=["custody", "synthetic"],
 )
 def generate_ehr(connection: str, patients: int, seed: int = 7) -> SynthCounts:
     """Write a seeded synthetic hospital (patients, encounters, lab results) to a connection."""
@@ -24,7 +23,6 @@ def generate_ehr(connection: str, patients: int, seed: int = 7) -> SynthCounts:
     name="simulate-phi-access",
     cache_policy=NO_CACHE,
     persist_result=False,
-    tags=["custody", "synthetic"],
 )
 def simulate_phi_access(count: int, patients: int, seed: int = 11) -> int:
     """Append application-style PHI access events through the buffered writer."""

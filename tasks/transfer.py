@@ -16,7 +16,6 @@ from tasks.runtime import runtime
     persist_result=False,
     retries=2,
     retry_delay_seconds=2,
-    tags=["custody", "schema"],
 )
 def prepare_target_table(source: str, target: str, table: str) -> bool:
     """Create the target table from the reflected source when missing; True if it was created."""
