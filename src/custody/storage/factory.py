@@ -1,0 +1,60 @@
+"""Open the configured object store: ``file:///dir`` or ``s3://bucket/prefix``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from custody.errors import ConfigError
+from custody.settings import Settings, get_settings
+from custody.storage.base import ObjectStore
+from custody.storage.keys import check_prefix
+from custody.storage.local import LocalStore
+from custody.storage.s3 import S3Store
+
+
+def open_store(url: str | None = None, settings: Settings | None = None) -> ObjectStore:
+    """The store at ``url`` (default: CUSTODY_OBJECT_STORE_URL or <work_dir>/objects).
+
+    Raises:
+        ConfigError: the URL's scheme is unknown or its prefix is not plain segments.
+    """
+    settings = settings or get_settings()
+    parsed = urlparse(url or settings.resolved_object_store_url())
+    if parsed.scheme == "file":
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError("object store URL s3://... needs a bucket name")
+        try:
+            prefix = check_prefix(parsed.path.strip("/"))
+        except ValueError as exc:
+            raise ConfigError(f"CUSTODY_OBJECT_STORE_URL: {exc}") from exc
+        return S3Store(s3_client(settings), parsed.netloc, prefix)
+    raise ConfigError(
+        f"CUSTODY_OBJECT_STORE_URL scheme {parsed.scheme!r} is not supported: use file:// or s3://"
+    )
+
+
+def s3_client(settings: Settings):  # type: ignore[no-untyped-def]
+    """A boto3 S3 client from CUSTODY_S3_* (or boto3's own credential chain when unset)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
+        region_name=settings.s3_region,
+        aws_access_key_id=_secret(settings.s3_access_key_id),
+        aws_secret_access_key=_secret(settings.s3_secret_access_key),
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        ),
+    )
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
