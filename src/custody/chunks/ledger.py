@@ -101,7 +101,12 @@ class Ledger:
             return raced
         chunks = tuple(
             Chunk(
-                job_id=spec.job_id, chunk_no=n, lower=lo, upper=hi, audit_prefix=spec.audit_prefix
+                job_id=spec.job_id,
+                chunk_no=n,
+                lower=lo,
+                upper=hi,
+                audit_prefix=spec.audit_prefix,
+                audit_verbs=spec.audit_verbs,
             )
             for n, (lo, hi) in enumerate(ranges)
         )
@@ -132,6 +137,7 @@ class Ledger:
                 lower=_load_key(r.lower_key),
                 upper=_load_key(r.upper_key),
                 audit_prefix=spec.audit_prefix,
+                audit_verbs=spec.audit_verbs,
             )
             for r in rows
         )

@@ -45,6 +45,10 @@ class JobSpec(BaseModel):
         pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$",
         description="Audit actions are <prefix>.chunk_processed / <prefix>.chunk_failed",
     )
+    audit_verbs: tuple[str, str] = Field(
+        default=("chunk_processed", "chunk_failed"),
+        description="The verbs after the prefix for a verified and a failed chunk",
+    )
 
     @field_validator("job_id")
     @classmethod
@@ -62,6 +66,7 @@ class Chunk(BaseModel):
     lower: KeyValue | None
     upper: KeyValue | None
     audit_prefix: str = "job"
+    audit_verbs: tuple[str, str] = ("chunk_processed", "chunk_failed")
     attempt: int = Field(default=0, description="Set by the runner: 1 on a chunk's first try")
 
     @property
@@ -79,6 +84,10 @@ class ChunkOutcome(BaseModel):
     source_hash: str
     target_count: int
     target_hash: str
+    details: dict[str, str | int] = Field(
+        default_factory=dict,
+        description="References for the audit event (object key, checksum, ...), never data",
+    )
 
     @property
     def verified(self) -> bool:

@@ -88,10 +88,13 @@ def run_chunk(
             reason,
             dead_letter=True,
             outcome=outcome,
-            record=recorder(AuditStatus.FAILED, error=reason, **outcome.model_dump()),
+            record=recorder(
+                AuditStatus.FAILED, error=reason, **outcome.model_dump(exclude={"details"})
+            ),
         )
         raise ChunkFailedError(chunk, reason, transient=False)
-    ledger.finish(chunk, outcome, record=recorder(AuditStatus.SUCCESS, **outcome.model_dump()))
+    facts = {**outcome.model_dump(exclude={"details"}), **outcome.details}
+    ledger.finish(chunk, outcome, record=recorder(AuditStatus.SUCCESS, **facts))
     return outcome
 
 
@@ -102,7 +105,8 @@ def _event(
     status: AuditStatus,
     **details: Any,
 ) -> AuditEvent:
-    verb = "chunk_processed" if status is AuditStatus.SUCCESS else "chunk_failed"
+    ok, failed = chunk.audit_verbs
+    verb = ok if status is AuditStatus.SUCCESS else failed
     return AuditEvent(
         principal=principal,
         action=f"{chunk.audit_prefix}.{verb}",

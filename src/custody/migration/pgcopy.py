@@ -30,7 +30,8 @@ _SESSION = (
 )
 
 
-def _range(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -> sql.Composable:
+def key_range(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -> sql.Composable:
+    """``key > lower AND key <= upper`` (either side may be open; no key: every row)."""
     if key is None:
         return sql.SQL("true")
     clauses: list[sql.Composable] = []
@@ -41,7 +42,8 @@ def _range(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -> s
     return sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
 
 
-def _select(info: TableInfo, where: sql.Composable) -> sql.Composed:
+def select_columns(info: TableInfo, where: sql.Composable) -> sql.Composed:
+    """The table's columns in order, for the rows ``where`` selects."""
     return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in info.columns),
         table=sql.Identifier(info.schema, info.name),
@@ -128,8 +130,8 @@ class PgRangeCopy:
         settings = get_settings()
         src_url = get_engine(settings.connection_url(self.source)).url
         dst_url = get_engine(settings.connection_url(self.target)).url
-        where = _range(self.info.key_column, chunk.lower, chunk.upper)
-        query = _select(self.info, where)
+        where = key_range(self.info.key_column, chunk.lower, chunk.upper)
+        query = select_columns(self.info, where)
         fmt = sql.SQL("(FORMAT BINARY)" if self.info.binary_safe else "")
         method = "count" if self.verify == "count" else self.info.hash_method
         with (
@@ -157,7 +159,7 @@ class PgRangeCopy:
                 with wc.copy(copy_in) as into, _copy_out(src, src_url, copy_out) as out:
                     _pipe(out, into)
                 source = fingerprint(rc, query, method=method)
-                target = fingerprint(wc, _select(self.info, where), method=method)
+                target = fingerprint(wc, select_columns(self.info, where), method=method)
             src.rollback()
             dst.commit()
         return ChunkOutcome(
