@@ -191,3 +191,10 @@ def publish_markdown(key: str, markdown: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(markdown, key=artifact_key(key))
+
+
+def publish_link(key: str, link: str, description: str) -> None:
+    """A link artifact (to an object-store location: bucket and key, never data)."""
+    from prefect.artifacts import create_link_artifact
+
+    create_link_artifact(link=link, key=artifact_key(key), description=description)

@@ -1,0 +1,220 @@
+"""Archive old rows to an object store under retention policies, and restore them, verified."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+
+from prefect import flow
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from custody.archive.report import ArchiveResult, PolicyResult, publish_plan, publish_result
+from custody.archive.work import ArchiveRangeWork, ArchiveTarget
+from custody.audit import AuditStatus, DataClassification
+from custody.chunks import JobSpec
+from custody.prefect_glue import current_flow_run_id
+from custody.storage import LockMode, check_prefix, open_store
+from flows.params import CONNECTION, JOB_ID, SQL_NAME
+from tasks.archive import (
+    describe_archive_table,
+    find_orphan_objects,
+    plan_archive_batches,
+    plan_archive_policy,
+    prepare_archive_manifest,
+    restore_archives,
+)
+from tasks.audit import publish_audit_artifacts, record_event
+from tasks.chunks import run_chunks
+
+HIPAA_SIX_YEARS = 2190
+
+
+class RetentionPolicy(BaseModel):
+    """One data type: when its rows leave the hot database, and how long the archive is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(title="Data type", pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    table: str = Field(title="Table", pattern=SQL_NAME)
+    timestamp_column: str = Field(title="Timestamp column", pattern=SQL_NAME)
+    retention_days: int | None = Field(
+        default=None, ge=1, le=36_500, title="Keep in the database (days)",
+        description="Rows older than this many days (from the start of today, UTC) are archived.",
+    )  # fmt: skip
+    cutoff: date | None = Field(
+        default=None, title="Or: archive rows before", description="A fixed cutoff date (UTC)."
+    )
+    keep_archived_days: int = Field(
+        default=HIPAA_SIX_YEARS, ge=1, le=36_500, title="Keep the archive (days)",
+        description="Object Lock retain-until: the newest archived row's time plus this. "
+        "HIPAA: six years (45 CFR 164.316(b)(2)).",
+    )  # fmt: skip
+    classification: DataClassification = Field(default=DataClassification.PHI)
+    regulation: str = Field(default="HIPAA", pattern=r"^[A-Za-z0-9 ._-]{1,40}$")
+
+    @model_validator(mode="after")
+    def _one_cutoff(self) -> RetentionPolicy:
+        if (self.retention_days is None) == (self.cutoff is None):
+            raise ValueError("give exactly one of retention_days or cutoff")
+        return self
+
+    def cutoff_time(self, today: date | None = None) -> datetime:
+        """The cutoff as a UTC instant; stable for a whole day, so a re-run resumes its plan."""
+        if self.cutoff is not None:
+            return datetime.combine(self.cutoff, dtime(), tzinfo=UTC)
+        start = datetime.combine(today or datetime.now(UTC).date(), dtime(), tzinfo=UTC)
+        return start - timedelta(days=self.retention_days or 0)
+
+
+class ArchiveParams(BaseModel):
+    """Parameters of ``archive-to-s3`` (they become the form in the Prefect UI)."""
+
+    model_config = ConfigDict(title="Archive old rows to object storage", extra="forbid")
+
+    database: str = Field(title="Database connection", pattern=CONNECTION)
+    schema_name: str = Field(default="public", title="Schema", pattern=SQL_NAME)
+    policies: list[RetentionPolicy] = Field(min_length=1, title="Retention policies")
+    destination: str | None = Field(
+        default=None, title="Object store",
+        description="s3://bucket/prefix or file:///dir; empty: CUSTODY_OBJECT_STORE_URL.",
+    )  # fmt: skip
+    prefix: str = Field(default="archive", title="Key prefix", max_length=200)
+    batch_size: int = Field(default=100_000, ge=1, le=1_000_000, title="Rows per object")
+    object_lock: LockMode = Field(default=LockMode.NONE, title="Object Lock mode")
+    delete_source: bool = Field(default=True, title="Delete archived rows from the database")
+    max_concurrency: int = Field(default=2, ge=1, le=16, title="Batches in flight")
+    continue_on_error: bool = Field(default=True, title="Continue after a failed batch")
+    dry_run: bool = Field(default=False, title="Dry run (plan only)")
+    job_id: str | None = Field(
+        default=None, title="Job id", pattern=JOB_ID,
+        description="Re-use an earlier job id (same day) to resume it.",
+    )  # fmt: skip
+
+    @field_validator("prefix")
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        return check_prefix(value)
+
+    @field_validator("destination")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("s3://", "file:///")):
+            raise ValueError("destination must be s3://bucket[/prefix] or file:///absolute/dir")
+        return value
+
+
+@flow(name="archive-to-s3", description="Archive rows past retention to object storage.")
+def archive_to_s3(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
+    """Check, plan, archive batch by batch (upload, verify, delete), report."""
+    job_id = params.job_id or f"archive-{current_flow_run_id() or 'local'}"
+    infos = [
+        describe_archive_table(params.database, params.schema_name, p.table, p.timestamp_column)
+        for p in params.policies
+    ]
+    if params.dry_run:
+        plans = [
+            plan_archive_policy(params.database, info, p.timestamp_column, p.cutoff_time(),
+                                params.batch_size, p.name)
+            for p, info in zip(params.policies, infos, strict=True)
+        ]  # fmt: skip
+        publish_plan(job_id, plans)
+        return ArchiveResult(job_id=job_id, plan=plans)
+    record_event(
+        "data.archival.started", AuditStatus.STARTED, "database", params.database,
+        details={"job_id": job_id, "policies": [p.name for p in params.policies],
+                 "delete_source": params.delete_source, "object_lock": params.object_lock.value},
+    )  # fmt: skip
+    prepare_archive_manifest(params.database)
+    target = ArchiveTarget(params.destination, params.prefix, params.object_lock, 0)
+    result = ArchiveResult(job_id=job_id)
+    for policy, info in zip(params.policies, infos, strict=True):
+        started = time.monotonic()
+        cutoff = policy.cutoff_time()
+        spec = JobSpec(
+            job_id=f"{job_id}.{policy.name}",
+            kind="archival",
+            subject=f"{params.database}.{params.schema_name}.{info.name}<{cutoff.isoformat()}",
+            key_column=info.key_column or "-",
+            chunk_size=params.batch_size,
+            audit_prefix="data.archival",
+            audit_verbs=("batch_completed", "batch_failed"),
+        )
+        plan = plan_archive_batches(spec, params.database, info, policy.timestamp_column, cutoff)
+        work = ArchiveRangeWork(
+            database=params.database, policy=policy.name, info=info,
+            time_column=policy.timestamp_column, cutoff=cutoff,
+            classification=policy.classification.value, regulation=policy.regulation,
+            target=ArchiveTarget(target.store_url, target.prefix, target.lock,
+                                 policy.keep_archived_days),
+            delete_source=params.delete_source,
+        )  # fmt: skip
+        batch = run_chunks(
+            plan, work, max_concurrency=params.max_concurrency,
+            continue_on_error=params.continue_on_error, title=f"archive-{policy.name}",
+        )  # fmt: skip
+        orphans = find_orphan_objects(params.database, params.destination, params.prefix, info.name)
+        result.policies.append(
+            PolicyResult.from_batch(policy.name, info.name, spec.job_id, cutoff, batch,
+                                    time.monotonic() - started, orphans)
+        )  # fmt: skip
+    record_event(
+        "data.archival.completed", AuditStatus(result.status), "database", params.database,
+        details={"job_id": job_id, **result.audit_details()},
+    )  # fmt: skip
+    publish_result(result, open_store(params.destination).location(params.prefix))
+    publish_audit_artifacts(f"archive-{job_id}")
+    if result.status != "success":
+        return Failed(message=f"archive {job_id}: {result.status}", data=result)
+    return result
+
+
+class RestoreParams(BaseModel):
+    """Parameters of ``restore-from-archive``: archive ids, or a table and a time range."""
+
+    model_config = ConfigDict(title="Restore archived rows", extra="forbid")
+
+    database: str = Field(title="Database connection", pattern=CONNECTION)
+    archive_ids: list[str] = Field(default_factory=list, title="Archive ids")
+    table: str | None = Field(default=None, title="Or: table", pattern=SQL_NAME)
+    start: datetime | None = Field(default=None, title="From (UTC)")
+    end: datetime | None = Field(default=None, title="Until (UTC, exclusive)")
+    source: str | None = Field(
+        default=None, title="Object store", description="Empty: CUSTODY_OBJECT_STORE_URL."
+    )
+
+    @field_validator("archive_ids")
+    @classmethod
+    def _plain_ids(cls, value: list[str]) -> list[str]:
+        for archive_id in value:
+            if not archive_id.isalnum() or len(archive_id) > 64:
+                raise ValueError(f"archive id {archive_id!r} is not an archive id")
+        return value
+
+    @model_validator(mode="after")
+    def _something_chosen(self) -> RestoreParams:
+        if not self.archive_ids and self.table is None:
+            raise ValueError("give archive_ids, or a table (optionally with start and end)")
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+@flow(name="restore-from-archive", description="Restore archived rows, verified, idempotently.")
+def restore_from_archive(params: RestoreParams) -> dict[str, int]:
+    """Verify each selected object, load it, prove the table holds exactly its rows."""
+    record_event(
+        "data.archival.restore_started", AuditStatus.STARTED, "database", params.database,
+        details={"archive_ids": len(params.archive_ids), "table": params.table},
+    )  # fmt: skip
+    counts = restore_archives(
+        params.database, params.source, params.archive_ids, params.table, params.start, params.end
+    )
+    record_event(
+        "data.archival.restore_completed", AuditStatus.SUCCESS, "database", params.database,
+        details=counts,
+    )  # fmt: skip
+    publish_audit_artifacts(f"restore-{current_flow_run_id() or 'local'}")
+    return counts

@@ -1,0 +1,151 @@
+"""Archival tasks: describe and check the tables, plan batches, find orphans, restore."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from custody.archive import manifest
+from custody.archive.plan import count_eligible, plan_eligible_ranges
+from custody.archive.report import PolicyPlan
+from custody.archive.restore import restore_object
+from custody.chunks import JobPlan, JobSpec
+from custody.db import is_postgres
+from custody.errors import CustodyError
+from custody.identifiers import check_name
+from custody.migration.catalog import TableInfo, describe_table, list_tables
+from custody.pgclient import libpq_dsn
+from custody.storage import open_store
+from tasks.runtime import runtime
+
+_NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+class ArchiveRefusedError(CustodyError):
+    """The archive cannot run as asked; nothing was touched."""
+
+
+@contextmanager
+def _connect(database: str) -> Iterator[psycopg.Connection[Any]]:
+    engine = runtime().engine(database)
+    if not is_postgres(engine):
+        raise ArchiveRefusedError(f"connection {database!r}: archival needs PostgreSQL")
+    with psycopg.connect(libpq_dsn(engine.url), autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        yield conn
+
+
+@task(name="describe-archive-table", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def describe_archive_table(database: str, schema: str, table: str, time_column: str) -> TableInfo:
+    """Check the table, its single-column key and its timestamp column before anything runs."""
+    check_name(schema, "schema name")
+    check_name(table, "table name")
+    check_name(time_column, "column name")
+    engine = runtime().engine(database)
+    if table not in list_tables(engine, schema):
+        raise ArchiveRefusedError(f"table {table!r} is not a table of schema {schema!r}")
+    info = describe_table(engine, schema, table)
+    if info.key_column is None or len(info.primary_key) != 1:
+        raise ArchiveRefusedError(
+            f"table {table!r} needs a single-column primary key to be archived in batches"
+        )
+    with _connect(database) as conn:
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+            "format('%%I.%%I', %s::text, %s::text)::regclass AND attname = %s AND attnum > 0",
+            (schema, table, time_column),
+        ).fetchone()
+    if kind is None or not str(kind[0]).startswith("timestamp"):
+        raise ArchiveRefusedError(
+            f"column {time_column!r} of {table!r} must exist and be a timestamp (got "
+            f"{None if kind is None else kind[0]!r})"
+        )
+    return info
+
+
+@task(name="prepare-archive-manifest", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def prepare_archive_manifest(database: str) -> None:
+    """Create custody.archive_manifest in the source database if it is not there yet."""
+    with _connect(database) as conn:
+        manifest.ensure_manifest(conn)
+
+
+@task(name="plan-archive-policy", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def plan_archive_policy(
+    database: str,
+    info: TableInfo,
+    time_column: str,
+    cutoff: datetime,
+    batch_size: int,
+    policy: str,
+) -> PolicyPlan:
+    """Dry run: eligible rows, bytes and objects for one policy (reads only)."""
+    with _connect(database) as conn:
+        eligible = count_eligible(conn, info, time_column, cutoff)
+    return PolicyPlan(
+        policy=policy, table=info.name, cutoff=cutoff, eligible_rows=eligible.rows,
+        bytes_estimate=eligible.bytes_estimate,
+        objects=math.ceil(eligible.rows / batch_size),
+    )  # fmt: skip
+
+
+@task(name="plan-archive-batches", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def plan_archive_batches(
+    spec: JobSpec, database: str, info: TableInfo, time_column: str, cutoff: datetime
+) -> JobPlan:
+    """Keyset batches of eligible rows, stored in the ledger (a re-run resumes them)."""
+
+    def ranges() -> list[tuple[Any, Any]]:
+        with _connect(database) as conn:
+            return plan_eligible_ranges(conn, info, time_column, cutoff, spec.chunk_size)
+
+    return runtime().ledger.plan(spec, ranges)
+
+
+@task(name="find-orphan-objects", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def find_orphan_objects(database: str, store_url: str | None, prefix: str, table: str) -> list[str]:
+    """Objects under the table's prefix that no manifest row accounts for (crash leftovers)."""
+    store = open_store(store_url)
+    under = f"{prefix}/{table}" if prefix else table
+    with _connect(database) as conn:
+        known = {
+            r[0]
+            for r in conn.execute(
+                "SELECT object_key FROM custody.archive_manifest WHERE table_name = %s", (table,)
+            )
+        }
+    return sorted(o.key for o in store.list(under) if o.key not in known)
+
+
+@task(name="restore-archived-table", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def restore_archives(
+    database: str,
+    store_url: str | None,
+    archive_ids: list[str],
+    table: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> dict[str, int]:
+    """Restore the selected verified archives, each verified before it is loaded."""
+    store = open_store(store_url)
+    engine = runtime().engine(database)
+    restored = inserted = 0
+    with _connect(database) as conn:
+        rows = manifest.find(conn, archive_ids=archive_ids, table=table, start=start, end=end)
+        if archive_ids and len(rows) != len(set(archive_ids)):
+            missing = sorted(set(archive_ids) - {r.archive_id for r in rows})
+            raise ArchiveRefusedError(f"no verified archive with id(s) {missing}")
+        infos: dict[str, TableInfo] = {}
+        for row in rows:
+            if row.table_name not in infos:
+                infos[row.table_name] = describe_table(engine, row.schema_name, row.table_name)
+            inserted += restore_object(conn, store, infos[row.table_name], row)
+            restored += 1
+    return {"objects": restored, "rows_inserted": inserted}
