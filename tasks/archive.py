@@ -22,7 +22,7 @@ from custody.errors import CustodyError
 from custody.identifiers import check_name
 from custody.migration.catalog import TableInfo, describe_table, list_tables
 from custody.pgclient import libpq_dsn
-from custody.storage import open_store
+from custody.storage import StorageError, open_store
 from tasks.runtime import runtime
 
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -109,9 +109,21 @@ def plan_archive_batches(
     return runtime().ledger.plan(spec, ranges)
 
 
-@task(name="find-orphan-objects", retries=2, retry_delay_seconds=2, **_NO_CACHE)
-def find_orphan_objects(database: str, store_url: str | None, prefix: str, table: str) -> list[str]:
-    """Objects under the table's prefix that no manifest row accounts for (crash leftovers)."""
+@task(name="find-orphan-objects", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+def find_orphan_objects(
+    database: str, store_url: str | None, prefix: str, table: str
+) -> list[str] | None:
+    """Objects under the table's prefix that no manifest row accounts for (crash leftovers).
+
+    None when the store cannot be listed: the run still reports what it did, and says so.
+    """
+    try:
+        return _orphans(database, store_url, prefix, table)
+    except StorageError:
+        return None
+
+
+def _orphans(database: str, store_url: str | None, prefix: str, table: str) -> list[str]:
     store = open_store(store_url)
     under = f"{prefix}/{table}" if prefix else table
     with _connect(database) as conn:

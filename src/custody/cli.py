@@ -1,4 +1,4 @@
-"""The ``custody`` command: store migrations, audit verification, partitions, the demo."""
+"""The ``custody`` command: store migrations, audit checks, archive retention, the demo."""
 
 from __future__ import annotations
 
@@ -58,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     parts.add_argument("--months", type=int, default=3, help="how many months (default 3)")
     parts.set_defaults(handler=_audit_partitions)
 
+    archive = commands.add_parser("archive", help="archived objects").add_subparsers(
+        title="archive commands"
+    )
+    retention = archive.add_parser(
+        "retention", help="list archives locked for less time than required; exit 1 if any"
+    )
+    retention.add_argument("--database", required=True, help="connection name of the source")
+    retention.add_argument(
+        "--keep-days", type=int, default=2190, help="required retention (default: 6 years)"
+    )
+    retention.add_argument("--store", default=None, help="object store URL (default: settings)")
+    retention.set_defaults(handler=_archive_retention)
+
     demo = commands.add_parser("demo", help="run everything end to end on embedded defaults")
     demo.add_argument(
         "--work-dir",
@@ -115,6 +128,26 @@ def _audit_partitions(args: argparse.Namespace) -> int:
     created = ensure_partitions(_store(), start, args.months)
     print(f"{created} partition(s) created from {start:%Y-%m} for {args.months} month(s)")
     return 0
+
+
+def _archive_retention(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from custody.archive.retention import check_retention
+    from custody.db import get_engine
+    from custody.pgclient import libpq_dsn
+    from custody.settings import get_settings
+    from custody.storage import open_store
+
+    url = get_engine(get_settings().connection_url(args.database)).url
+    with psycopg.connect(libpq_dsn(url)) as conn:
+        checked, short = check_retention(conn, open_store(args.store), args.keep_days)
+    for s in short:
+        until = s.retain_until.isoformat() if s.retain_until else "-"
+        print(f"{s.archive_id}  {s.object_key}  {s.problem}: locked until {until}, "
+              f"required until {s.required_until.isoformat()}")  # fmt: skip
+    print(f"{checked} archive(s) checked, {len(short)} short of {args.keep_days} days")
+    return 1 if short else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

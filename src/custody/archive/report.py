@@ -35,7 +35,9 @@ class PolicyResult(BaseModel):
     failed: int
     rows_archived: int
     seconds: float
-    orphans: list[str] = Field(default_factory=list)
+    orphans: list[str] | None = Field(
+        default_factory=list, description="None: the store could not be listed to look"
+    )
     failures: list[str] = Field(default_factory=list)
 
     @classmethod
@@ -47,7 +49,7 @@ class PolicyResult(BaseModel):
         cutoff: datetime,
         batch: BatchResult,
         seconds: float,
-        orphans: list[str],
+        orphans: list[str] | None,
     ) -> PolicyResult:
         """Summarise a policy's BatchResult."""
         return cls(
@@ -83,7 +85,8 @@ class ArchiveResult(BaseModel):
             "policies": len(self.policies),
             "rows_archived": sum(p.rows_archived for p in self.policies),
             "batches_failed": sum(p.failed for p in self.policies),
-            "orphan_objects": sum(len(p.orphans) for p in self.policies),
+            "orphan_objects": sum(len(p.orphans or []) for p in self.policies),
+            "orphan_check_skipped": sum(p.orphans is None for p in self.policies),
         }
 
 
@@ -109,7 +112,8 @@ def publish_result(result: ArchiveResult, location: str) -> None:
         f"archive-summary-{result.job_id}",
         [
             {"policy": p.policy, "table": p.table, "rows_archived": p.rows_archived,
-             "batches": p.batches, "failed_batches": p.failed, "orphan_objects": len(p.orphans),
+             "batches": p.batches, "failed_batches": p.failed,
+             "orphan_objects": None if p.orphans is None else len(p.orphans),
              "seconds": p.seconds,
              "rows_per_s": round(p.rows_archived / p.seconds) if p.seconds > 0 else None}
             for p in result.policies
@@ -127,7 +131,10 @@ def publish_result(result: ArchiveResult, location: str) -> None:
     if failures:
         lines += ["", "## Failed batches (rows stay in the source)", ""]
         lines += [f"- `{f}`" for f in failures[:200]]
-    orphans = [o for p in result.policies for o in p.orphans]
+    unlisted = [p.policy for p in result.policies if p.orphans is None]
+    if unlisted:
+        lines += ["", f"Could not list the object store to look for orphans: {unlisted}."]
+    orphans = [o for p in result.policies for o in p.orphans or []]
     if orphans:
         lines += ["", "## Objects without a manifest row (left by an interrupted run)", ""]
         lines += [f"- `{o}`" for o in orphans[:200]]
