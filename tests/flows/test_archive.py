@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import random
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,9 +27,17 @@ from flows.archive import (
     restore_from_archive,
 )
 from tests.support.env import TEST_KEYS, set_custody_env
+from tests.support.kill import (
+    flow_command,
+    kill_when,
+    ledger,
+    processed_per_chunk,
+    run_to_end,
+    verified_chunks,
+)
 from tests.support.labs import eligible_before, make_lab_results
 from tests.support.pagila import table_digests
-from tests.support.seaweed import S3Server
+from tests.support.seaweed import S3Server, pick_base, seaweed_server
 
 KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
 CUTOFF = date(2026, 3, 1)
@@ -55,7 +70,7 @@ def hospital(
         store_url=pg_store.url.render_as_string(hide_password=False),
         connections={"ehr": ehr},
     )
-    bucket = "arch-" + request.node.name.lower().replace("_", "-")[-40:].strip("-[]")
+    bucket = "arch-" + uuid.uuid4().hex[:12]
     ensure_bucket(s3_server.client(), bucket, object_lock=True)
     monkeypatch.setenv("CUSTODY_OBJECT_STORE_URL", f"s3://{bucket}/hospital-a")
     monkeypatch.setenv("CUSTODY_S3_ENDPOINT_URL", s3_server.endpoint_url)
@@ -118,7 +133,7 @@ def test_a_million_rows_archive_locked_and_restore_exactly(
     assert table_digests(hospital) == before  # every row back, types and values exact
     again = restore_from_archive(RestoreParams(database="ehr", table="lab_results"))
     assert again == {"objects": 8, "rows_inserted": 0}  # idempotent
-    assert table_digests(hospital) == before
+    assert _count(hospital) == rows
     assert verify_chain(pg_store, KEYRING).ok
 
 
@@ -164,4 +179,151 @@ def test_an_object_corrupted_after_upload_is_caught_and_redone(
     assert _count(hospital) == 30_000 - eligible
     restore_from_archive(RestoreParams(database="ehr", table="lab_results"))
     assert table_digests(hospital) == before
+    assert verify_chain(pg_store, KEYRING).ok
+
+
+def _manifest_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT to_regclass('custody.archive_manifest')").fetchone()
+        if found is None or found[0] is None:
+            return 0
+        row = conn.execute("SELECT count(*) FROM custody.archive_manifest").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _after_random_delay(ctx: dict[str, Any]) -> bool:
+    """True a random 0-2 s after the run first touched the database (its manifest exists)."""
+    if "started" not in ctx:
+        if _manifest_rows(ctx["ehr"]) == 0 and not _manifest_exists(ctx["ehr"]):
+            return False
+        ctx["started"] = time.monotonic()
+    return bool(time.monotonic() > ctx["started"] + ctx["delay"])
+
+
+def _manifest_exists(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT to_regclass('custody.archive_manifest')").fetchone()
+    return found is not None and found[0] is not None
+
+
+KILL_POINTS = {
+    "after-1-batch": lambda ctx: verified_chunks(ctx["store"]) >= 1,
+    "after-5-batches": lambda ctx: verified_chunks(ctx["store"]) >= 5,
+    "manifest-written": lambda ctx: _manifest_rows(ctx["ehr"]) >= 3,  # often before its delete
+    "object-uploaded": lambda ctx: len(list(open_store().list("archive"))) >= 2,
+    "at-a-random-moment": lambda ctx: _after_random_delay(ctx),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkill_then_rerun_converges(
+    point: str, hospital: str, pg_store: Engine, prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    rows, cutoff = 60_000, date(2026, 1, 4)
+    make_lab_results(hospital, rows)
+    before = table_digests(hospital)
+    eligible = eligible_before(rows, 3 * 86_400)  # 37,028 rows: 8 batches
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    params = ArchiveParams(
+        database="ehr", policies=[policy(cutoff=cutoff)], batch_size=5_000,
+        object_lock="governance", job_id=f"kill-{point}",
+    ).model_dump(mode="json")  # fmt: skip
+    args = flow_command("flows.archive", "archive_to_s3", "ArchiveParams", params)
+    ctx: dict[str, Any] = {"store": pg_store, "ehr": hospital, "delay": random.uniform(0, 2)}
+
+    kill_when(args, env, lambda: KILL_POINTS[point](ctx))
+    done_before = {n for n, (status, _, _) in ledger(pg_store).items() if status == "verified"}
+    result = run_to_end(args, env)
+
+    assert result["status"] == "success", result
+    [policy_result] = result["policies"]
+    assert policy_result["orphans"] == []  # an upload cut off before its manifest was reused
+    assert policy_result["already_verified"] == len(done_before)
+    batches = policy_result["batches"]
+    assert processed_per_chunk(pg_store, "data.archival.batch_completed") == {
+        n: 1 for n in range(batches)
+    }
+    assert _count(hospital) == rows - eligible  # nothing eligible left, nothing else gone
+    entries = _manifest(hospital)
+    assert {e[1] for e in entries} == {"verified"} and sum(e[2] for e in entries) == eligible
+    restored = restore_from_archive(RestoreParams(database="ehr", table="lab_results"))
+    assert restored["rows_inserted"] == eligible  # each row archived exactly once
+    assert table_digests(hospital) == before
+    assert verify_chain(pg_store, KEYRING).ok
+
+
+def test_retention_check_names_archives_locked_too_briefly(
+    hospital: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from custody.cli import main
+
+    make_lab_results(hospital, 12_000)
+    result = archive_to_s3(ArchiveParams(
+        database="ehr", policies=[policy(cutoff=date(2026, 1, 2), keep_archived_days=30)],
+        batch_size=5_000, object_lock="governance", job_id="short-lock",
+    ))  # fmt: skip
+    assert result.status == "success"
+    ids = {e[0] for e in _manifest(hospital)}
+
+    assert main(["archive", "retention", "--database", "ehr", "--keep-days", "30"]) == 0
+    assert "3 archive(s) checked, 0 short of 30 days" in capsys.readouterr().out
+    assert main(["archive", "retention", "--database", "ehr"]) == 1  # HIPAA's six years
+    out = capsys.readouterr().out
+    assert "3 archive(s) checked, 3 short of 2190 days" in out
+    assert all(f"{archive_id}  archive/lab_results/2026/01/" in out for archive_id in ids)
+    assert "lock ends too early" in out
+
+
+@pytest.mark.slow
+def test_s3_server_stopped_mid_run_then_rerun_converges(
+    prefect_api: str, pg_store: Engine, pg_databases, tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    ehr = pg_databases.create("ehr")
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"ehr": ehr},
+    )
+    rows = 60_000
+    make_lab_results(ehr, rows)
+    before = table_digests(ehr)
+    eligible = eligible_before(rows, 3 * 86_400)
+    params = ArchiveParams(
+        database="ehr", policies=[policy(cutoff=date(2026, 1, 4))], batch_size=4_000,
+        max_concurrency=1, continue_on_error=False, job_id="s3-outage",
+    )  # fmt: skip
+    root, base = tmp_path / "s3", pick_base()
+    with seaweed_server(root, base) as s3:
+        ensure_bucket(s3.client(), "outage", object_lock=False)
+        monkeypatch.setenv("CUSTODY_OBJECT_STORE_URL", "s3://outage/hospital-a")
+        monkeypatch.setenv("CUSTODY_S3_ENDPOINT_URL", s3.endpoint_url)
+        monkeypatch.setenv("CUSTODY_S3_ACCESS_KEY_ID", s3.access_key)
+        monkeypatch.setenv("CUSTODY_S3_SECRET_ACCESS_KEY", s3.secret_key)
+
+        def stop_after_three_batches() -> None:
+            while verified_chunks(pg_store) < 3:
+                time.sleep(0.02)
+            s3.process.terminate()
+
+        stopper = threading.Thread(target=stop_after_three_batches, daemon=True)
+        stopper.start()
+        state = archive_to_s3(params, return_state=True)
+        stopper.join(timeout=60)
+    first = state.result(raise_on_failure=False)
+    assert state.is_failed() and first.status == "partial_failure"
+    [outage] = first.policies
+    assert outage.failed > 0 and outage.verified_now >= 3
+    archived_so_far = sum(e[2] for e in _manifest(ehr) if e[1] == "verified")
+    assert _count(ehr) == rows - archived_so_far  # failed batches kept every row
+
+    with seaweed_server(root, base):  # the same server, back with its data
+        result = archive_to_s3(params)
+        assert result.status == "success", result.model_dump_json()
+        assert _count(ehr) == rows - eligible
+        restored = restore_from_archive(RestoreParams(database="ehr", table="lab_results"))
+    assert restored["rows_inserted"] == eligible
+    assert table_digests(ehr) == before
     assert verify_chain(pg_store, KEYRING).ok

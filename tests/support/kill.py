@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,19 @@ def verified_chunks(store: Engine) -> int:
 
 def kill_after_verified(args: list[str], env: dict[str, str], store: Engine, chunks: int) -> None:
     """Start the flow and SIGKILL it as soon as the ledger shows ``chunks`` verified chunks."""
+    kill_when(args, env, lambda: verified_chunks(store) >= chunks)
+
+
+def kill_when(args: list[str], env: dict[str, str], condition: Callable[[], bool]) -> None:
+    """Start the flow and SIGKILL it as soon as ``condition()`` holds (polled every 20 ms)."""
     victim = subprocess.Popen(
         args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
-    while verified_chunks(store) < chunks:
+    while not condition():
         assert victim.poll() is None, "the flow finished before it could be killed"
         assert time.monotonic() < deadline, "the flow made no progress"
-        time.sleep(0.05)
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 

@@ -65,7 +65,8 @@ def _ports_free(ports: list[int]) -> bool:
     return True
 
 
-def _pick_base() -> int:
+def pick_base() -> int:
+    """A base port with the seven ports above it (and their gRPC twins) free."""
     for _ in range(200):
         base = random.randrange(20_000, 29_000, 10)
         ports = [base + i for i in range(7)]
@@ -75,11 +76,16 @@ def _pick_base() -> int:
 
 
 @contextlib.contextmanager
-def seaweed_server() -> Iterator[S3Server]:
-    """Start ``weed mini`` and wait until its S3 endpoint answers; stop and clean up after."""
-    root = Path(tempfile.mkdtemp(prefix="custody-s3-"))
-    (root / "data").mkdir()
-    (root / "logs").mkdir()
+def seaweed_server(root: Path | None = None, base: int | None = None) -> Iterator[S3Server]:
+    """Start ``weed mini`` and wait until its S3 endpoint answers; stop and clean up after.
+
+    Given ``root`` and ``base`` (ports), the server keeps its data there and is left for the
+    caller to clean up: starting it again with the same two is a restart of the same server.
+    """
+    keep = root is not None
+    root = root or Path(tempfile.mkdtemp(prefix="custody-s3-"))
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(exist_ok=True)
     config = root / "s3.json"
     config.write_text(
         json.dumps(
@@ -94,7 +100,7 @@ def seaweed_server() -> Iterator[S3Server]:
             }
         )
     )
-    base = _pick_base()
+    base = base or pick_base()
     args = [
         _weed(),
         f"-logdir={root / 'logs'}",
@@ -116,7 +122,7 @@ def seaweed_server() -> Iterator[S3Server]:
         f"-filer.localSocket={root / 'filer.sock'}",
         f"-s3.localSocket={root / 's3.sock'}",
     ]
-    log = (root / "stdout.log").open("wb")
+    log = (root / "stdout.log").open("ab")
     process = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True
     )
@@ -137,7 +143,8 @@ def seaweed_server() -> Iterator[S3Server]:
             for kind in ("master", "volume"):
                 with contextlib.suppress(OSError):
                     os.unlink(f"/tmp/seaweedfs-{kind}-grpc-{port + 10_000}.sock")
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_ready(server: S3Server, root: Path) -> None:
