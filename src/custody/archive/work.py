@@ -2,10 +2,11 @@
 
 The order is what makes a crash harmless. The object is uploaded and its manifest row written
 (status ``uploaded``) before anything is deleted. The read-back check loads the object's rows
-into a temporary table typed like the source and compares count and content hash with the
-source rows, locked; only then, in that same transaction, are the source rows deleted and the
-manifest marked ``verified``. A crash before that commit leaves the rows where they were; a
-re-run finds the manifest row (or the object) under the same archive id and carries on.
+into a temporary table typed like the source, and compares count and content hash with the
+source rows as one statement deletes them; if they differ, the transaction rolls back and the
+rows stay. Otherwise, in that same transaction, the manifest row is marked ``verified``. A
+crash before that commit leaves the rows where they were; a re-run finds the manifest row (or
+the object) under the same archive id and carries on.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from custody.chunks.models import Chunk, ChunkOutcome
 from custody.db import get_engine
 from custody.errors import CustodyError
 from custody.migration.catalog import TableInfo
-from custody.migration.pgcopy import fingerprint, key_range, select_columns
+from custody.migration.pgcopy import (
+    fingerprint,
+    fingerprint_returning,
+    key_range,
+    select_columns,
+)
 from custody.pgclient import libpq_dsn
 from custody.settings import get_settings
 from custody.storage import (
@@ -193,30 +199,20 @@ class ArchiveRangeWork:
                         f"object {row.object_key} reads back as {back[0]} rows/{back[1]}, "
                         f"manifest says {expected[0]}/{expected[1]}"
                     )
-                locked = sql.SQL("SELECT {cols} FROM {t} WHERE {w} FOR UPDATE").format(
-                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.info.columns),
-                    t=sql.Identifier(self.info.schema, self.info.name),
-                    w=self._where(chunk),
-                )
+                columns = sql.SQL(", ").join(sql.Identifier(c) for c in self.info.columns)
+                table_name = sql.Identifier(self.info.schema, self.info.name)
+                if self.delete_source:  # delete and fingerprint in one pass; undone on mismatch
+                    take = sql.SQL("DELETE FROM {t} WHERE {w} RETURNING {cols}")
+                else:
+                    take = sql.SQL("SELECT {cols} FROM {t} WHERE {w}")
+                statement = take.format(t=table_name, w=self._where(chunk), cols=columns)
                 with conn.cursor() as cur:
-                    source = fingerprint(cur, locked, method=self.info.hash_method)
+                    source = fingerprint_returning(cur, statement, method=self.info.hash_method)
                     if source != expected:
                         raise ArchiveVerificationError(
                             f"source rows of archive {row.archive_id} changed since upload "
                             f"({source[0]} rows now, {expected[0]} archived)"
                         )
-                    if self.delete_source:
-                        cur.execute(
-                            sql.SQL("DELETE FROM {t} WHERE {w}").format(
-                                t=sql.Identifier(self.info.schema, self.info.name),
-                                w=self._where(chunk),
-                            )
-                        )
-                        if cur.rowcount != row.row_count:
-                            raise ArchiveVerificationError(
-                                f"deleting archive {row.archive_id}: {cur.rowcount} rows "
-                                f"matched, {row.row_count} archived"
-                            )
                     cur.execute(
                         "UPDATE custody.archive_manifest SET status = 'verified', "
                         "verified_at = now(), source_deleted = %s WHERE archive_id = %s",

@@ -71,6 +71,23 @@ def fingerprint(
     return int(str(row[0])), str(row[1])
 
 
+def fingerprint_returning(
+    cursor: psycopg.Cursor[tuple[object, ...]], statement: sql.Composed, *, method: str
+) -> tuple[int, str]:
+    """Count and hash of the rows a statement returns, e.g. ``DELETE ... RETURNING``.
+
+    Deleting and fingerprinting in one statement reads each row once; a caller that finds the
+    wrong fingerprint rolls the transaction back and the rows are still there.
+    """
+    digest = _ROW_HASH[method]
+    cursor.execute(
+        sql.SQL("WITH t AS ({q}) SELECT count(*), {d} FROM t").format(d=digest, q=statement)
+    )
+    row = cursor.fetchone()
+    assert row is not None
+    return int(str(row[0])), str(row[1])
+
+
 _PIPE_BYTES = 1 << 20
 
 
