@@ -7,10 +7,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -191,59 +190,53 @@ def _manifest_rows(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _after_random_delay(ctx: dict[str, Any]) -> bool:
-    """True a random 0-2 s after the run first touched the database (its manifest exists)."""
-    if "started" not in ctx:
-        if _manifest_rows(ctx["ehr"]) == 0 and not _manifest_exists(ctx["ehr"]):
-            return False
-        ctx["started"] = time.monotonic()
-    return bool(time.monotonic() > ctx["started"] + ctx["delay"])
+def _one_more_batch_then_random(store: Engine) -> Callable[[], bool]:
+    """True a random 0-1 s after the next batch is verified: somewhere inside a later batch."""
+    start, delay, seen = verified_chunks(store), random.uniform(0, 1), {}
 
+    def condition() -> bool:
+        if "at" not in seen:
+            if verified_chunks(store) <= start:
+                return False
+            seen["at"] = time.monotonic()
+        return time.monotonic() > seen["at"] + delay
 
-def _manifest_exists(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        found = conn.execute("SELECT to_regclass('custody.archive_manifest')").fetchone()
-    return found is not None and found[0] is not None
-
-
-KILL_POINTS = {
-    "after-1-batch": lambda ctx: verified_chunks(ctx["store"]) >= 1,
-    "after-5-batches": lambda ctx: verified_chunks(ctx["store"]) >= 5,
-    "manifest-written": lambda ctx: _manifest_rows(ctx["ehr"]) >= 3,  # often before its delete
-    "object-uploaded": lambda ctx: len(list(open_store().list("archive"))) >= 2,
-    "at-a-random-moment": lambda ctx: _after_random_delay(ctx),
-}
+    return condition
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_sigkill_then_rerun_converges(
-    point: str, hospital: str, pg_store: Engine, prefect_api: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    rows, cutoff = 60_000, date(2026, 1, 4)
+def test_sigkill_five_times_then_rerun_converges(
+    hospital: str, pg_store: Engine, prefect_api: str
+) -> None:
+    """One job, killed at five different points in turn; the sixth run finishes it."""
+    rows = 60_000
     make_lab_results(hospital, rows)
     before = table_digests(hospital)
-    eligible = eligible_before(rows, 3 * 86_400)  # 37,028 rows: 8 batches
+    eligible = eligible_before(rows, 3 * 86_400)  # 37,028 rows: 10 batches
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     params = ArchiveParams(
-        database="ehr", policies=[policy(cutoff=cutoff)], batch_size=5_000,
-        object_lock="governance", job_id=f"kill-{point}",
+        database="ehr", policies=[policy(cutoff=date(2026, 1, 4))], batch_size=4_000,
+        object_lock="governance", job_id="kill-five",
     ).model_dump(mode="json")  # fmt: skip
     args = flow_command("flows.archive", "archive_to_s3", "ArchiveParams", params)
-    ctx: dict[str, Any] = {"store": pg_store, "ehr": hospital, "delay": random.uniform(0, 2)}
-
-    kill_when(args, env, lambda: KILL_POINTS[point](ctx))
+    kill_points: list[Callable[[], bool]] = [
+        lambda: verified_chunks(pg_store) >= 1,  # between batches
+        lambda: _manifest_rows(hospital) >= 3,  # manifest written, often before its delete
+        lambda: len(list(open_store().list("archive"))) >= 5,  # uploaded, maybe no manifest
+        lambda: verified_chunks(pg_store) >= 6,
+    ]
+    for condition in [*kill_points, _one_more_batch_then_random(pg_store)]:
+        kill_when(args, env, condition)
     done_before = {n for n, (status, _, _) in ledger(pg_store).items() if status == "verified"}
+    assert 6 <= len(done_before) < 10
     result = run_to_end(args, env)
 
     assert result["status"] == "success", result
     [policy_result] = result["policies"]
     assert policy_result["orphans"] == []  # an upload cut off before its manifest was reused
     assert policy_result["already_verified"] == len(done_before)
-    batches = policy_result["batches"]
     assert processed_per_chunk(pg_store, "data.archival.batch_completed") == {
-        n: 1 for n in range(batches)
+        n: 1 for n in range(policy_result["batches"])
     }
     assert _count(hospital) == rows - eligible  # nothing eligible left, nothing else gone
     entries = _manifest(hospital)
