@@ -19,8 +19,6 @@ class EligibleRows:
 
     rows: int
     bytes_estimate: int
-    time_min: datetime | None
-    time_max: datetime | None
 
 
 def _eligible(info: TableInfo, time_column: str, cutoff: datetime) -> sql.Composed:
@@ -34,11 +32,9 @@ def _eligible(info: TableInfo, time_column: str, cutoff: datetime) -> sql.Compos
 def count_eligible(
     conn: psycopg.Connection[Any], info: TableInfo, time_column: str, cutoff: datetime
 ) -> EligibleRows:
-    """Exact count, time span and an on-disk size estimate of the eligible rows."""
+    """Exact count and a size estimate of the eligible rows."""
     row = conn.execute(
-        sql.SQL("SELECT count(*), min({c}), max({c}) {e}").format(
-            c=sql.Identifier(time_column), e=_eligible(info, time_column, cutoff)
-        )
+        sql.SQL("SELECT count(*) {e}").format(e=_eligible(info, time_column, cutoff))
     ).fetchone()
     width = conn.execute(
         "SELECT COALESCE(sum(avg_width), 0) FROM pg_stats WHERE schemaname = %s AND tablename = %s",
@@ -46,7 +42,7 @@ def count_eligible(
     ).fetchone()
     assert row is not None and width is not None
     rows = int(row[0])
-    return EligibleRows(rows, rows * int(width[0] or 0), row[1], row[2])
+    return EligibleRows(rows, rows * int(width[0] or 0))
 
 
 def plan_eligible_ranges(
