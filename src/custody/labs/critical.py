@@ -1,0 +1,139 @@
+"""Critical-value rules keyed by LOINC code, and the check run on every parsed result.
+
+CLIA (42 CFR 493.1291(g)) requires the laboratory to tell the clinician at once when a result
+falls in a life-threatening range. The limits are a site's own policy: the default set names a
+published source for every limit, and a site replaces it with its own file of the same shape.
+Units are compared as written (case-insensitively): a result in a unit the rule does not list
+is not judged, rather than converted on a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from custody.errors import ConfigError
+from custody.labs.model import LabResult
+
+RULES_DIR = Path(__file__).parent / "rules"
+
+
+class Limit(BaseModel):
+    """Critical low and/or high for results reported in one of ``units``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    units: list[str] = Field(min_length=1)
+    low: Decimal | None = None
+    high: Decimal | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Limit:
+        if self.low is None and self.high is None:
+            raise ValueError("a limit needs low, high or both")
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        return self
+
+
+class Rule(BaseModel):
+    """One analyte: the LOINC codes it covers, its limits per unit, and where they come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    analyte: str = Field(min_length=1)
+    loinc: list[str] = Field(min_length=1)
+    limits: list[Limit] = Field(min_length=1)
+    source: str = Field(min_length=10, description="The published guidance or site policy")
+
+
+class RuleSet(BaseModel):
+    """A named set of rules, as loaded from a JSON file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    rules: list[Rule]
+
+
+@dataclass(frozen=True)
+class CriticalFinding:
+    """A result past a critical limit: which rule, which side, and the limit crossed."""
+
+    result_id: str
+    analyte: str
+    loinc_code: str
+    direction: str  # "low" or "high"
+    limit: Decimal
+    value: Decimal
+    unit: str
+    source: str
+
+
+class CriticalRules:
+    """Rules indexed by LOINC code and unit for a constant-time check per result."""
+
+    def __init__(self, rule_set: RuleSet) -> None:
+        """Index the rule set."""
+        self.name = rule_set.name
+        self._index: dict[tuple[str, str], tuple[Rule, Limit]] = {}
+        for rule in rule_set.rules:
+            for code in rule.loinc:
+                for limit in rule.limits:
+                    for unit in limit.units:
+                        self._index[(code, unit.casefold())] = (rule, limit)
+
+    def check(self, result: LabResult) -> CriticalFinding | None:
+        """The finding for a critical result, or None (also for units no rule lists)."""
+        if result.loinc_code is None or result.value_numeric is None:
+            return None
+        found = self._index.get((result.loinc_code, (result.unit or "").casefold()))
+        if found is None:
+            return None
+        rule, limit = found
+        value = result.value_numeric
+        # A bounded value ("<2.0") is critical only if its bound is past the limit too.
+        if limit.low is not None and value < limit.low and result.comparator not in (">", ">="):
+            return self._finding(result, rule, "low", limit.low)
+        if limit.high is not None and value > limit.high and result.comparator not in ("<", "<="):
+            return self._finding(result, rule, "high", limit.high)
+        return None
+
+    @staticmethod
+    def _finding(result: LabResult, rule: Rule, direction: str, bound: Decimal) -> CriticalFinding:
+        assert result.loinc_code is not None and result.value_numeric is not None
+        return CriticalFinding(
+            result_id=result.result_id,
+            analyte=rule.analyte,
+            loinc_code=result.loinc_code,
+            direction=direction,
+            limit=bound,
+            value=result.value_numeric,
+            unit=result.unit or "",
+            source=rule.source,
+        )
+
+
+def load_rules(name_or_path: str) -> CriticalRules:
+    """A rule set by name (a file in custody/labs/rules) or by path to a site's own JSON file.
+
+    Raises:
+        ConfigError: the file is missing or does not describe a valid rule set.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        if not name_or_path.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"critical rule set name {name_or_path!r} is not a plain name")
+        path = RULES_DIR / f"{name_or_path}.json"
+    try:
+        rule_set = RuleSet.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"critical rule set {name_or_path!r}: no file {path}") from exc
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ConfigError(f"critical rule set {path}: {exc}") from exc
+    return CriticalRules(rule_set)

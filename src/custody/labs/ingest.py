@@ -1,0 +1,322 @@
+"""Ingest one lab file: parse, check, flag critical values at once, then land it in one go.
+
+A file is the unit of idempotence and of atomicity. Its SHA-256 decides whether it was ingested
+before (then nothing happens). Its good results are upserted on ``result_id``, its bad records
+quarantined with their source reference and a reason, and its ``lab_files`` row written, all in
+one transaction with the per-result audit events: a crash leaves the whole file or none of it.
+Critical values cannot wait for that commit: each one is written to the audit log (and
+announced to Prefect) as soon as the file is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import psycopg
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
+
+from custody.audit import AuditEvent, AuditLog, AuditStatus, DataClassification, Severity
+from custody.db import is_postgres, utc_now
+from custody.errors import CustodyError, safe_error
+from custody.labs.critical import CriticalFinding, CriticalRules
+from custody.labs.model import FormatMismatchError, LabResult, Rejected, SourceRef
+from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
+from custody.labs.validate import problems, with_zone
+
+Format = Literal["auto", "hl7v2", "fhir", "csv"]
+CsvLayout = Literal["default", "synthea"]
+
+
+class LabStoreError(CustodyError):
+    """The store refused a file's results; the file left nothing behind and can be re-run.
+
+    The message names the file and the SQLSTATE, never a value.
+    """
+
+
+_PROCESSED = {
+    "fhir": "fhir.diagnosticreport.processed",
+    "hl7v2": "hl7v2.oru.processed",
+    "csv": "csv.lab_result.processed",
+}
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What happened to one file: counts and status only (safe to hand to Prefect)."""
+
+    file: str
+    sha256: str
+    format: str | None
+    status: Literal["ingested", "skipped", "rejected"]
+    results: int = 0
+    quarantined: int = 0
+    critical: int = 0
+    reason: str | None = None
+    parse_seconds: float = 0.0
+
+
+def detect_format(data: bytes) -> Literal["hl7v2", "fhir", "csv"]:
+    """Guess the format from the first bytes: HL7 starts with MSH/FHS/BHS, FHIR with a brace."""
+    head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n\x0b")
+    if head.startswith((b"MSH", b"FHS", b"BHS")):
+        return "hl7v2"
+    if head.startswith((b"{", b"[")):
+        return "fhir"
+    return "csv"
+
+
+def parse(data: bytes, file: str, fmt: str, csv_layout: CsvLayout = "default") -> Iterator[Any]:
+    """Results and rejections from the format's parser (imported on first use).
+
+    Raises:
+        FormatMismatchError: the file is not of that format at all.
+    """
+    if fmt == "hl7v2":
+        from custody.labs.hl7v2 import parse_hl7
+
+        return parse_hl7(data, file)
+    if fmt == "fhir":
+        from custody.labs.fhir import parse_fhir
+
+        return parse_fhir(data, file)
+    from custody.labs.csv_results import SYNTHEA_OBSERVATIONS, parse_csv
+
+    return parse_csv(data, file, SYNTHEA_OBSERVATIONS if csv_layout == "synthea" else None)
+
+
+class LabIngestor:
+    """Ingests files into custody's store, one transaction per file."""
+
+    def __init__(
+        self,
+        store: Engine,
+        audit: AuditLog,
+        rules: CriticalRules,
+        *,
+        principal: str,
+        correlation_id: str | None,
+        zone: ZoneInfo,
+        csv_layout: CsvLayout = "default",
+    ) -> None:
+        """Bind the store, audit log, critical rules and the site's time zone."""
+        self.store = store
+        self.audit = audit
+        self.rules = rules
+        self.principal = principal
+        self.correlation_id = correlation_id
+        self.zone = zone
+        self.csv_layout = csv_layout
+
+    def ingest(self, file: str, data: bytes, fmt: Format = "auto") -> FileReport:
+        """Ingest one file (or skip it when its content was ingested before).
+
+        Raises:
+            LabStoreError: the store refused the file's results (none of them landed).
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        with self.store.connect() as conn:
+            seen = conn.execute(
+                select(lab_files.c.status).where(lab_files.c.file_sha256 == digest)
+            ).scalar()
+        if seen == "ingested":
+            return FileReport(file, digest, None, "skipped")
+        if seen == "rejected":  # quarantined before: say so again, record nothing twice
+            return FileReport(file, digest, None, "rejected", reason="rejected before")
+        kind = detect_format(data) if fmt == "auto" else fmt
+        started = time.perf_counter()
+        try:
+            records = list(parse(data, file, kind, self.csv_layout))
+        except FormatMismatchError as exc:
+            return self._reject_file(file, digest, kind, len(data), str(exc))
+        good: list[LabResult] = []
+        bad: list[tuple[SourceRef, str, str]] = []
+        for record in records:
+            if isinstance(record, Rejected):
+                bad.append((record.source, "parse", record.reason))
+                continue
+            result = with_zone(record, self.zone)
+            found = problems(result)
+            if found:
+                bad.append((result.source, "validate", "; ".join(found)))
+            else:
+                good.append(result)
+        parsed = time.perf_counter() - started
+        findings = [f for f in map(self.rules.check, good) if f is not None]
+        seqs = [self._announce(f, digest) for f in findings]  # before the commit: immediately
+        try:
+            with self.store.begin() as conn:
+                self._land(conn, file, digest, kind, len(data), good, bad, findings, seqs)
+        except (DBAPIError, psycopg.Error) as exc:
+            # The server's message may quote a value ("COPY ..., column value_numeric: ..."):
+            # PHI that must not travel with the exception into Prefect's logs, states or
+            # persisted results, not even as its __context__: raised below, outside this block.
+            refused: LabStoreError | None = LabStoreError(
+                f"file {file}: the store refused its results ({safe_error(exc)}); none of them "
+                "was stored"
+            )
+        else:
+            refused = None
+        if refused is not None:
+            raise refused
+        return FileReport(
+            file, digest, kind, "ingested", len(good), len(bad), len(findings), None, parsed
+        )
+
+    def _announce(self, finding: CriticalFinding, digest: str) -> int:
+        event = AuditEvent(
+            principal=self.principal,
+            action="lab.critical_result.detected",
+            status=AuditStatus.SUCCESS,
+            severity=Severity.CRITICAL,
+            resource_type="lab_result",
+            resource_id=finding.result_id,
+            correlation_id=self.correlation_id,
+            regulation="CLIA",
+            data_classification=DataClassification.PHI,
+            details={
+                "analyte": finding.analyte,
+                "loinc_code": finding.loinc_code,
+                "direction": finding.direction,
+                "limit": str(finding.limit),
+                "unit": finding.unit,
+                "rule_set": self.rules.name,
+                "file_sha256": digest,
+            },
+        )
+        return self.audit.log_critical(event).last_seq
+
+    def _land(
+        self,
+        conn: Connection,
+        file: str,
+        digest: str,
+        kind: str,
+        size: int,
+        good: list[LabResult],
+        bad: list[tuple[SourceRef, str, str]],
+        findings: list[CriticalFinding],
+        seqs: list[int],
+    ) -> None:
+        now = utc_now()
+        if good:
+            self._upsert(conn, [_row(r, digest, now) for r in good])
+        if bad:
+            conn.execute(
+                insert(lab_quarantine),
+                [
+                    {"file_sha256": digest, "source_file": file, "source_message": ref.message_id,
+                     "source_position": ref.position, "stage": stage, "reason": reason[:2000],
+                     "quarantined_at": now, "correlation_id": self.correlation_id}
+                    for ref, stage, reason in bad
+                ],
+            )  # fmt: skip
+        if findings:
+            conn.execute(
+                insert(critical_results),
+                [
+                    {"result_id": f.result_id, "rule_set": self.rules.name, "analyte": f.analyte,
+                     "loinc_code": f.loinc_code, "direction": f.direction,
+                     "limit_value": f.limit, "audit_seq": seq, "detected_at": now}
+                    for f, seq in zip(findings, seqs, strict=True)
+                ],
+            )  # fmt: skip
+        conn.execute(
+            insert(lab_files).values(
+                file_sha256=digest, source_file=file, format=kind, status="ingested",
+                results=len(good), quarantined=len(bad), critical=len(findings), bytes=size,
+                ingested_at=now, correlation_id=self.correlation_id,
+            )
+        )  # fmt: skip
+        action = _PROCESSED[kind]
+        events = [
+            AuditEvent(
+                principal=self.principal, action=action, status=AuditStatus.SUCCESS,
+                resource_type="lab_result", resource_id=r.result_id,
+                correlation_id=self.correlation_id, data_classification=DataClassification.PHI,
+                details={"file_sha256": digest, "position": r.source.position},
+            )
+            for r in good
+        ]  # fmt: skip
+        if events:
+            self.audit.append_in(conn, events)
+
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if is_postgres(conn.dialect):
+            _upsert_postgres(conn, rows)
+            return
+        statement = sqlite.insert(lab_results)
+        updates = {c.name: statement.excluded[c.name] for c in _COLUMNS[1:]}
+        for start in range(0, len(rows), 1000):
+            conn.execute(
+                statement.on_conflict_do_update(index_elements=["result_id"], set_=updates),
+                rows[start : start + 1000],
+            )
+
+    def _reject_file(self, file: str, digest: str, kind: str, size: int, reason: str) -> FileReport:
+        now = utc_now()
+        with self.store.begin() as conn:
+            conn.execute(
+                insert(lab_quarantine).values(
+                    file_sha256=digest, source_file=file, stage="file", reason=reason[:2000],
+                    quarantined_at=now, correlation_id=self.correlation_id,
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(lab_files).values(
+                    file_sha256=digest, source_file=file, format=kind, status="rejected",
+                    results=0, quarantined=0, critical=0, bytes=size, ingested_at=now,
+                    correlation_id=self.correlation_id,
+                )
+            )  # fmt: skip
+            self.audit.append_in(conn, [AuditEvent(
+                principal=self.principal, action="lab.file.rejected", status=AuditStatus.FAILED,
+                resource_type="lab_file", resource_id=digest, correlation_id=self.correlation_id,
+                data_classification=DataClassification.PHI,
+                details={"format": kind, "bytes": size},
+            )])  # fmt: skip
+        return FileReport(file, digest, kind, "rejected", reason=reason)
+
+
+def _row(result: LabResult, digest: str, now: Any) -> dict[str, Any]:
+    row = result.model_dump(exclude={"source"})
+    row["status"] = result.status.value
+    row["source_file"] = result.source.file
+    row["source_message"] = result.source.message_id
+    row["source_position"] = result.source.position
+    row["file_sha256"] = digest
+    row["ingested_at"] = now
+    return row
+
+
+_COLUMNS = list(lab_results.c)
+_UPSERT_PG = """
+CREATE TEMP TABLE IF NOT EXISTS custody_lab_upsert (LIKE lab_results) ON COMMIT DELETE ROWS;
+"""
+
+
+def _upsert_postgres(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """COPY into a temporary table, then one INSERT ... ON CONFLICT: 4x SQLAlchemy's executemany.
+
+    A file may carry the same result twice (a correction in the same batch): the last wins.
+    """
+    names = [c.name for c in _COLUMNS]
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(_UPSERT_PG)
+    with cursor.copy(f"COPY custody_lab_upsert ({', '.join(names)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[n] for n in names])
+    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names[1:])
+    cursor.execute(
+        f"INSERT INTO lab_results ({', '.join(names)}) "
+        f"SELECT DISTINCT ON (result_id) {', '.join(names)} FROM custody_lab_upsert "
+        f"ORDER BY result_id, ctid DESC ON CONFLICT (result_id) DO UPDATE SET {updates}"
+    )
+    cursor.execute("TRUNCATE custody_lab_upsert")

@@ -1,0 +1,101 @@
+"""Lab ingestion tasks: find the files, ingest a group of them. Only references cross Prefect."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from custody.errors import CustodyError
+from custody.labs.critical import load_rules
+from custody.labs.gating import ungated_files
+from custody.labs.ingest import CsvLayout, Format, LabIngestor
+from custody.quality import QualityResult
+from custody.storage import open_store
+from tasks.runtime import runtime
+
+_NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+STORE_PREFIX = "store:"
+
+
+class LabSourceError(CustodyError):
+    """The source names nothing that can be read; nothing was ingested."""
+
+
+@task(name="list-lab-files", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def list_lab_files(source: str, include: list[str]) -> list[str]:
+    """File references under the source: paths relative to a local root, or object keys."""
+    if source.startswith(STORE_PREFIX):
+        prefix = source[len(STORE_PREFIX) :]
+        store = open_store()
+        if prefix and store.head(prefix) is not None:  # one staged payload
+            return [prefix]
+        keys = [o.key for o in store.list(prefix)]
+        return sorted(k for k in keys if _matches(k.rsplit("/", 1)[-1], include))
+    root = Path(source)
+    if not root.is_absolute() or not root.exists():
+        raise LabSourceError(f"source {source!r} is not an existing absolute path or store:prefix")
+    if root.is_file():
+        return [root.name] if _matches(root.name, include) else []
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and _matches(p.name, include)
+    )
+
+
+@task(name="ingest-lab-files", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def ingest_lab_files(
+    source: str,
+    refs: list[str],
+    fmt: Format,
+    csv_layout: CsvLayout,
+    rules: str,
+    timezone: str,
+) -> list[dict[str, Any]]:
+    """Ingest a group of files, each in its own transaction; returns per-file counts only.
+
+    A retry after a crash is safe: files already landed are skipped by content hash.
+    """
+    rt = runtime()
+    ingestor = LabIngestor(
+        rt.store, rt.audit, load_rules(rules), principal=rt.settings.principal,
+        correlation_id=rt.correlation_id, zone=ZoneInfo(timezone), csv_layout=csv_layout,
+    )  # fmt: skip
+    reports = []
+    for ref in refs:
+        report = ingestor.ingest(ref, _read(source, ref), fmt)
+        row = asdict(report)
+        row["parse_seconds"] = round(report.parse_seconds, 4)
+        reports.append(row)
+    return reports
+
+
+@task(name="find-ungated-lab-files", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+def find_ungated_lab_files(file_shas: list[str]) -> list[str]:
+    """Skipped files that an unfinished earlier run landed but never gated (hashes only)."""
+    return ungated_files(runtime().store, file_shas)
+
+
+@task(name="check-lab-results", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+def check_lab_results(file_shas: list[str]) -> QualityResult:
+    """The GX gate over the rows this run landed (outcome only, no values)."""
+    from custody.quality.labs import check_lab_results as run_suite
+
+    return run_suite(runtime().store.url.render_as_string(hide_password=False), file_shas)
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _read(source: str, ref: str) -> bytes:
+    if source.startswith(STORE_PREFIX):
+        return open_store().get(ref)
+    root = Path(source)
+    return root.read_bytes() if root.is_file() else (root / ref).read_bytes()
