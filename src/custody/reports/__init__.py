@@ -1,0 +1,1 @@
+"""Compliance reports: the queries an auditor asks for, rendered as CSV and self-contained HTML."""
