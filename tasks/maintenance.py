@@ -1,0 +1,42 @@
+"""Audit-trail upkeep tasks: monthly ``audit_log`` partitions created before they are needed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from custody.audit.partitions import ensure_partitions
+from tasks.runtime import runtime
+
+
+@task(
+    name="ensure-audit-partitions",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=5,
+)
+def ensure_audit_partitions(months: int, today: dt.date | None = None) -> dict[str, Any]:
+    """Create the monthly partitions from this month on, so no event lands in the default one.
+
+    PostgreSQL refuses a new partition whose range the default partition already holds rows
+    for, so the partitions must exist before their month starts; running this daily with a few
+    months ahead keeps that true even if a run or two fails. Idempotent: existing partitions
+    are left alone.
+
+    Returns:
+        The store's dialect, the first month (``YYYY-MM``), the months covered and how many
+        partitions this call created (0 on SQLite, which has none).
+    """
+    start = (today or dt.datetime.now(dt.UTC).date()).replace(day=1)
+    store = runtime().store
+    created = ensure_partitions(store, start, months)
+    return {
+        "dialect": store.dialect.name,
+        "from_month": f"{start:%Y-%m}",
+        "months": months,
+        "created": created,
+    }
