@@ -1,0 +1,1 @@
+"""Worked examples: small flows built only from custody's building blocks."""
