@@ -11,13 +11,20 @@ from prefect.client.schemas.objects import State
 from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from custody.archive.report import ArchiveResult, PolicyResult, publish_plan, publish_result
+from custody.archive.report import (
+    ArchiveResult,
+    PolicyPlan,
+    PolicyResult,
+    publish_plan,
+    publish_result,
+)
 from custody.archive.work import ArchiveRangeWork, ArchiveTarget
 from custody.audit import AuditStatus, DataClassification
 from custody.chunks import JobSpec
 from custody.prefect_glue import current_flow_run_id
 from custody.storage import LockMode, check_prefix, open_store
 from flows.params import CONNECTION, JOB_ID, SQL_NAME
+from tasks.approval import ApprovalRequest, await_approval
 from tasks.archive import (
     describe_archive_table,
     find_orphan_objects,
@@ -27,7 +34,10 @@ from tasks.archive import (
     restore_archives,
 )
 from tasks.audit import publish_audit_artifacts, record_event
+from tasks.cancellation import audit_cancellation, audit_failure
 from tasks.chunks import run_chunks
+from tasks.concurrency import one_archival_per_database
+from tasks.runners import SettingsTaskRunner
 
 HIPAA_SIX_YEARS = 2190
 
@@ -37,9 +47,22 @@ class RetentionPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(title="Data type", pattern=r"^[a-z][a-z0-9_]{0,62}$")
-    table: str = Field(title="Table", pattern=SQL_NAME)
-    timestamp_column: str = Field(title="Timestamp column", pattern=SQL_NAME)
+    name: str = Field(
+        title="Data type",
+        pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        description="A short name for the policy (e.g. lab_results): it names the job, the audit "
+        "events and the artifacts.",
+    )
+    table: str = Field(
+        title="Table",
+        pattern=SQL_NAME,
+        description="Table to archive from; it needs a single-column primary key.",
+    )
+    timestamp_column: str = Field(
+        title="Timestamp column",
+        pattern=SQL_NAME,
+        description="The column that dates a row (e.g. collected_at); rows before the cutoff go.",
+    )
     retention_days: int | None = Field(
         default=None, ge=1, le=36_500, title="Keep in the database (days)",
         description="Rows older than this many days (from the start of today, UTC) are archived.",
@@ -52,8 +75,17 @@ class RetentionPolicy(BaseModel):
         description="Object Lock retain-until: the newest archived row's time plus this. "
         "HIPAA: six years (45 CFR 164.316(b)(2)).",
     )  # fmt: skip
-    classification: DataClassification = Field(default=DataClassification.PHI)
-    regulation: str = Field(default="HIPAA", pattern=r"^[A-Za-z0-9 ._-]{1,40}$")
+    classification: DataClassification = Field(
+        default=DataClassification.PHI,
+        title="Data classification",
+        description="Recorded on the audit events of this policy's batches.",
+    )
+    regulation: str = Field(
+        default="HIPAA",
+        pattern=r"^[A-Za-z0-9 ._-]{1,40}$",
+        title="Regulation",
+        description="The regulation the retention serves, recorded on the audit events.",
+    )
 
     @model_validator(mode="after")
     def _one_cutoff(self) -> RetentionPolicy:
@@ -74,20 +106,77 @@ class ArchiveParams(BaseModel):
 
     model_config = ConfigDict(title="Archive old rows to object storage", extra="forbid")
 
-    database: str = Field(title="Database connection", pattern=CONNECTION)
-    schema_name: str = Field(default="public", title="Schema", pattern=SQL_NAME)
-    policies: list[RetentionPolicy] = Field(min_length=1, title="Retention policies")
+    database: str = Field(
+        title="Database connection",
+        pattern=CONNECTION,
+        description="Name of a configured connection (CUSTODY_CONNECTIONS__<NAME>), never a URL. "
+        "One archival per database runs at a time.",
+    )
+    schema_name: str = Field(
+        default="public",
+        title="Schema",
+        pattern=SQL_NAME,
+        description="Schema of the tables named in the policies.",
+    )
+    policies: list[RetentionPolicy] = Field(
+        min_length=1,
+        title="Retention policies",
+        description="One per table: which rows are old enough, and how long the archive is kept.",
+    )
     destination: str | None = Field(
         default=None, title="Object store",
         description="s3://bucket/prefix or file:///dir; empty: CUSTODY_OBJECT_STORE_URL.",
     )  # fmt: skip
-    prefix: str = Field(default="archive", title="Key prefix", max_length=200)
-    batch_size: int = Field(default=100_000, ge=1, le=1_000_000, title="Rows per object")
-    object_lock: LockMode = Field(default=LockMode.NONE, title="Object Lock mode")
-    delete_source: bool = Field(default=True, title="Delete archived rows from the database")
-    max_concurrency: int = Field(default=2, ge=1, le=16, title="Batches in flight")
-    continue_on_error: bool = Field(default=True, title="Continue after a failed batch")
-    dry_run: bool = Field(default=False, title="Dry run (plan only)")
+    prefix: str = Field(
+        default="archive",
+        title="Key prefix",
+        max_length=200,
+        description="Objects go under {prefix}/{table}/{yyyy}/{mm}/ in the object store.",
+    )
+    batch_size: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000,
+        title="Rows per object",
+        description="Each batch is one Parquet object, verified and deleted on its own.",
+    )
+    object_lock: LockMode = Field(
+        default=LockMode.NONE,
+        title="Object Lock mode",
+        description="S3 Object Lock on each object until its retention ends: compliance (no one "
+        "can shorten it), governance (admins can), or none.",
+    )
+    delete_source: bool = Field(
+        default=True,
+        title="Delete archived rows from the database",
+        description="Off: copy to the archive and verify, but keep the rows.",
+    )
+    require_approval: bool = Field(
+        default=False, title="Wait for approval before deleting",
+        description="With deletion on: publish the plan, then pause until someone approves or "
+        "denies (Resume in the UI, or the API). The approver goes to the audit log.",
+    )  # fmt: skip
+    approval_timeout_minutes: int = Field(
+        default=60, ge=1, le=10_080, title="Approval timeout (minutes)",
+        description="Not approved by then: the run fails and nothing is archived or deleted.",
+    )  # fmt: skip
+    max_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        title="Batches in flight",
+        description="Batches archived at the same time by this run.",
+    )
+    continue_on_error: bool = Field(
+        default=True,
+        title="Continue after a failed batch",
+        description="A failed batch keeps its rows and gets a dead letter; off stops the run.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        title="Dry run (plan only)",
+        description="Count eligible rows and objects per policy; archive and delete nothing.",
+    )
     job_id: str | None = Field(
         default=None, title="Job id", pattern=JOB_ID,
         description="Re-use an earlier job id (same day) to resume it.",
@@ -106,22 +195,50 @@ class ArchiveParams(BaseModel):
         return value
 
 
-@flow(name="archive-to-s3", description="Archive rows past retention to object storage.")
+@flow(
+    name="archive-to-s3",
+    description="Archive rows past retention to object storage.",
+    task_runner=SettingsTaskRunner(),
+)
 def archive_to_s3(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
-    """Check, plan, archive batch by batch (upload, verify, delete), report."""
+    """Check, plan, archive batch by batch (upload, verify, delete), report.
+
+    One archival per database at a time among deployment runs (schedule, UI, API, any
+    worker): the run holds the global concurrency limit ``custody-archive-<database>``
+    (tasks/concurrency.py). A dry run only reads, so it does not wait.
+
+    Args:
+        params: Which database, the retention policies, where the objects go, and safety switches.
+    """
+    if params.dry_run:
+        return _archive(params)
+    with one_archival_per_database(params.database):
+        return _archive(params)
+
+
+def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
+    """The archival itself (inside the flow run, under the database's limit)."""
     job_id = params.job_id or f"archive-{current_flow_run_id() or 'local'}"
     infos = [
         describe_archive_table(params.database, params.schema_name, p.table, p.timestamp_column)
         for p in params.policies
     ]
-    if params.dry_run:
+    if params.dry_run or (params.require_approval and params.delete_source):
         plans = [
             plan_archive_policy(params.database, info, p.timestamp_column, p.cutoff_time(),
                                 params.batch_size, p.name)
             for p, info in zip(params.policies, infos, strict=True)
         ]  # fmt: skip
         publish_plan(job_id, plans)
-        return ArchiveResult(job_id=job_id, plan=plans)
+        if params.dry_run:
+            return ArchiveResult(job_id=job_id, plan=plans)
+        if any(p.eligible_rows for p in plans):
+            decision = await_approval(
+                _approval_request(job_id, params, plans), params.approval_timeout_minutes * 60
+            )
+            if not decision.approved:
+                publish_audit_artifacts(f"archive-{job_id}")
+                return decision.stopped(ArchiveResult(job_id=job_id, plan=plans))
     record_event(
         "data.archival.started", AuditStatus.STARTED, "database", params.database,
         details={"job_id": job_id, "policies": [p.name for p in params.policies],
@@ -171,16 +288,61 @@ def archive_to_s3(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]
     return result
 
 
+archive_to_s3.on_cancellation(audit_cancellation("archive", "data.archival"))
+archive_to_s3.on_failure(audit_failure("archive", "data.archival"))
+archive_to_s3.on_crashed(audit_failure("archive", "data.archival"))
+
+
+def _approval_request(
+    job_id: str, params: ArchiveParams, plans: list[PolicyPlan]
+) -> ApprovalRequest:
+    """What deleting this run's archived rows means, for the approver and the audit log."""
+    rows = sum(p.eligible_rows for p in plans)
+    return ApprovalRequest(
+        job_id=job_id, flow="archive-to-s3",
+        action=f"archive {rows} rows, then delete them from {params.database}",
+        scope={
+            "database": params.database, "schema": params.schema_name,
+            "policies": [f"{p.policy}: {p.table} before {p.cutoff.isoformat()}" for p in plans],
+            "destination": params.destination or "CUSTODY_OBJECT_STORE_URL",
+            "prefix": params.prefix, "object_lock": params.object_lock.value,
+            "delete_source": True,
+        },
+        facts={"eligible_rows": rows, "objects": sum(p.objects for p in plans)},
+    )  # fmt: skip
+
+
 class RestoreParams(BaseModel):
     """Parameters of ``restore-from-archive``: archive ids, or a table and a time range."""
 
     model_config = ConfigDict(title="Restore archived rows", extra="forbid")
 
-    database: str = Field(title="Database connection", pattern=CONNECTION)
-    archive_ids: list[str] = Field(default_factory=list, title="Archive ids")
-    table: str | None = Field(default=None, title="Or: table", pattern=SQL_NAME)
-    start: datetime | None = Field(default=None, title="From (UTC)")
-    end: datetime | None = Field(default=None, title="Until (UTC, exclusive)")
+    database: str = Field(
+        title="Database connection",
+        pattern=CONNECTION,
+        description="Name of the configured connection the rows were archived from.",
+    )
+    archive_ids: list[str] = Field(
+        default=[],
+        title="Archive ids",
+        description="Archive ids from the archive report or custody.archive_manifest.",
+    )
+    table: str | None = Field(
+        default=None,
+        title="Or: table",
+        pattern=SQL_NAME,
+        description="Restore every archive of this table (narrowed by From and Until).",
+    )
+    start: datetime | None = Field(
+        default=None,
+        title="From (UTC)",
+        description="With a table: archives holding rows from this time on.",
+    )
+    end: datetime | None = Field(
+        default=None,
+        title="Until (UTC, exclusive)",
+        description="With a table: archives holding rows before this time.",
+    )
     source: str | None = Field(
         default=None, title="Object store", description="Empty: CUSTODY_OBJECT_STORE_URL."
     )
@@ -204,7 +366,11 @@ class RestoreParams(BaseModel):
 
 @flow(name="restore-from-archive", description="Restore archived rows, verified, idempotently.")
 def restore_from_archive(params: RestoreParams) -> dict[str, int]:
-    """Verify each selected object, load it, prove the table holds exactly its rows."""
+    """Verify each selected object, load it, prove the table holds exactly its rows.
+
+    Args:
+        params: Which archives to restore: archive ids, or a table and a time range.
+    """
     record_event(
         "data.archival.restore_started", AuditStatus.STARTED, "database", params.database,
         details={"archive_ids": len(params.archive_ids), "table": params.table},

@@ -157,17 +157,25 @@ def test_an_object_corrupted_after_upload_is_caught_and_redone(
     before = table_digests(hospital)
     from custody.storage.s3 import S3Store
 
-    original = S3Store.put
+    original_put, original_get = S3Store.put, S3Store.get
     corrupted: list[str] = []
+    rotten: set[str | None] = set()
 
     def put_then_corrupt(self: S3Store, key: str, data: bytes, **kw: object):  # type: ignore[no-untyped-def]
-        info = original(self, key, data, **kw)  # type: ignore[arg-type]
+        info = original_put(self, key, data, **kw)  # type: ignore[arg-type]
         if not corrupted:  # the first object rots in place: same version id, other bytes
             corrupted.append(key)
-            monkeypatch.setattr(self, "get", lambda k, v=None: data[:-7] + b"\x00" * 7)
+            rotten.add(info.version_id)
         return info
 
+    def read_rotten(self: S3Store, key: str, version_id: str | None = None) -> bytes:
+        data = original_get(self, key, version_id)
+        # The store still reports the checksum it recorded at upload; only the bytes rotted, for
+        # as long as that version is read (a retry must upload afresh, not reuse it).
+        return data[:-7] + b"\x00" * 7 if version_id in rotten else data
+
     monkeypatch.setattr(S3Store, "put", put_then_corrupt)
+    monkeypatch.setattr(S3Store, "get", read_rotten)
     result = archive_to_s3(ArchiveParams(
         database="ehr", policies=[policy(cutoff=date(2026, 1, 2))], batch_size=5_000,
         job_id="rot-1",

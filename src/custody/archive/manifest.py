@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS custody.archive_manifest (
     time_min        timestamptz,
     time_max        timestamptz,
     row_count       bigint NOT NULL,
-    content_hash    text NOT NULL,
+    content_hash    text,  -- set when verified
     columns         jsonb NOT NULL,
     object_key      text NOT NULL,
     version_id      text,
@@ -69,7 +69,7 @@ class ManifestRow:
     time_min: datetime | None
     time_max: datetime | None
     row_count: int
-    content_hash: str
+    content_hash: str | None
     columns: list[dict[str, str]]
     object_key: str
     version_id: str | None

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from custody.archive import manifest
+from custody.archive.generic import ArchiveRestoreError
 from custody.archive.work import ArchiveVerificationError, load_into_temp, read_object
+from custody.errors import safe_error
 from custody.migration.catalog import TableInfo
 from custody.migration.pgcopy import fingerprint
 from custody.storage import ObjectStore
@@ -26,9 +29,31 @@ def restore_object(
 
     Raises:
         ArchiveVerificationError: the object, or the rows in the table, differ from the manifest.
+        ArchiveRestoreError: the table refused the rows (named by SQLSTATE, never quoted).
     """
     expected = (row.row_count, row.content_hash)
     table = read_object(store, row)
+    try:
+        return _restore_verified(conn, info, row, table, expected)
+    except psycopg.Error as exc:
+        # The server's message quotes the rows it refused ("Failing row contains (...)"): PHI
+        # that must not travel with the exception into Prefect's logs, states or persisted
+        # results, not even as its __context__: raised below, outside this block.
+        refused = ArchiveRestoreError(
+            f"archive {row.archive_id}: table {info.name} did not take its rows back "
+            f"({safe_error(exc)}); nothing of this archive was restored"
+        )
+    raise refused
+
+
+def _restore_verified(
+    conn: psycopg.Connection[Any],
+    info: TableInfo,
+    row: manifest.ManifestRow,
+    table: pa.Table,
+    expected: tuple[int, str | None],
+) -> int:
+    """Load, insert the missing rows and prove the table holds the archive, in one transaction."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in info.columns)
     target = sql.Identifier(info.schema, info.name)
     with conn.transaction():

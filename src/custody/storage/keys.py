@@ -15,7 +15,7 @@ def check_key_part(part: str, what: str) -> str:
     Raises:
         InvalidIdentifierError: the part could escape its prefix or is not plain ASCII.
     """
-    if not _PART.match(part) or part in (".", "..") or ".." in part:
+    if not _PART.fullmatch(part) or part in (".", "..") or ".." in part:
         raise InvalidIdentifierError(
             f"{what} {part!r} is not a plain object-key segment (ASCII letters, digits, '.', "
             "'_', '-'; no '..', slashes or encoded separators)"

@@ -50,9 +50,10 @@ class LocalStore:
         if retention is not None and retention.mode is not LockMode.NONE:
             meta |= {"mode": retention.mode.value, "until": retention.retain_until.isoformat()}
         try:
-            _atomic_write(path, data)
-            _atomic_write(path.with_name(path.name + _META), json.dumps(meta).encode())
-        except OSError as exc:  # disk full, permissions: nothing half-written stays visible
+            _atomic_write(
+                (path, data), (path.with_name(path.name + _META), json.dumps(meta).encode())
+            )
+        except OSError as exc:  # disk full, permissions: nothing half-written stays
             raise StorageError(f"could not write {key}: {exc.strerror}") from exc
         return ObjectInfo(key, len(data), digest, None, _retention(meta))
 
@@ -97,13 +98,28 @@ class LocalStore:
         return self._path(key).as_uri()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _atomic_write(*files: tuple[Path, bytes]) -> None:
+    """Write every file to a temp file first, then rename them all into place.
+
+    A full disk or any other write error strikes while only temp files exist: they are removed
+    (they may hold part of an object, i.e. PHI, and they keep the disk full), and an object that
+    was there before stays whole with its own sidecar. Renames need no space.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            tmp = path.with_name(path.name + ".tmp")
+            staged.append((tmp, path))
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in staged:
+        tmp.replace(path)
 
 
 def _retention(meta: dict[str, object]) -> Retention | None:
