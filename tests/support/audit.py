@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select, update
 
-from custody.audit import AuditEvent, DataClassification
+from custody.audit import AuditEvent, DataClassification, Keyring
+from custody.audit.chain import content_digest, link_hash
+from custody.store.tables import audit_chain_head, audit_log
 
 
 def phi_events(n: int, start: int = 0, principal_prefix: str = "clin") -> Iterator[AuditEvent]:
@@ -23,21 +26,74 @@ def phi_events(n: int, start: int = 0, principal_prefix: str = "clin") -> Iterat
         )
 
 
-def tamper(engine: Engine, sql: str) -> None:
-    """Run a statement with the append-only protection switched off, as a superuser could."""
+@contextmanager
+def unprotected(engine: Engine) -> Iterator[Connection]:
+    """A transaction with the append-only protection switched off, as a superuser could."""
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
-            connection.exec_driver_sql(sql)
+            yield connection
             return
         triggers = connection.exec_driver_sql(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'"
         ).all()
         for name, _ in triggers:
             connection.exec_driver_sql(f"DROP TRIGGER {name}")
-        connection.exec_driver_sql(sql)
+        yield connection
         for _, ddl in triggers:
             connection.exec_driver_sql(ddl)
+
+
+def tamper(engine: Engine, sql: str) -> None:
+    """Run a statement with the append-only protection switched off."""
+    with unprotected(engine) as connection:
+        connection.exec_driver_sql(sql)
+
+
+def rewrite_chain_from(engine: Engine, keyring: Keyring, seq: int) -> None:
+    """Alter event ``seq`` and re-chain and re-sign everything after it with the real key.
+
+    What an insider holding the HMAC key can do: the result passes ``verify_chain``. Only an
+    anchor taken before the rewrite can catch it.
+    """
+    with unprotected(engine) as connection:
+        rows = connection.execute(
+            select(*audit_log.c).where(audit_log.c.seq >= seq).order_by(audit_log.c.seq)
+        ).all()
+        prev = rows[0].prev_hash
+        for row in rows:
+            details = dict(row.details)
+            if row.seq == seq:
+                details["rewritten"] = True
+            digest = content_digest(
+                row.event_id, row.occurred_at, row.recorded_at, row.principal, row.action,
+                row.status, row.severity, row.resource_type, row.resource_id,
+                row.correlation_id, row.regulation, row.data_classification,
+                row.retention_days, details,
+            )  # fmt: skip
+            row_hash = link_hash(prev, row.seq, digest)
+            connection.execute(
+                update(audit_log)
+                .where(audit_log.c.seq == row.seq)
+                .values(
+                    details=details,
+                    prev_hash=prev,
+                    row_hash=row_hash,
+                    key_id=keyring.active_key_id,
+                    signature=keyring.sign(row_hash),
+                )
+            )
+            prev = row_hash
+        last = rows[-1].seq
+        connection.execute(
+            update(audit_chain_head)
+            .where(audit_chain_head.c.id == 1)
+            .values(
+                row_hash=prev,
+                key_id=keyring.active_key_id,
+                signature=keyring.sign_head(last, prev),
+            )
+        )
 
 
 def json_set(engine: Engine, key: str, value: str) -> str:

@@ -32,6 +32,7 @@ from custody.errors import ConfigError
 CANONICAL_VERSION = "custody.audit.v1"
 GENESIS_HASH = "0" * 64
 HEAD_DOMAIN = b"custody.audit.head.v1:"
+ANCHOR_DOMAIN = b"custody.audit.anchor.v1:"
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 
 
@@ -108,6 +109,16 @@ class Keyring:
         """
         mac = self._macs[key_id or self.active_key_id].copy()
         mac.update(HEAD_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(row_hash))
+        return mac.hexdigest()
+
+    def sign_anchor(self, payload: bytes, key_id: str | None = None) -> str:
+        """HMAC of an anchor's canonical payload (domain-separated from rows and the head).
+
+        An anchor copies the head out of the database; signing it means a forged anchor, written
+        by someone without the key to raise a false alarm, is told apart from a real one.
+        """
+        mac = self._macs[key_id or self.active_key_id].copy()
+        mac.update(ANCHOR_DOMAIN + payload)
         return mac.hexdigest()
 
     def verify(self, key_id: str, row_hash: str, signature: str) -> bool:

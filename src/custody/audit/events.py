@@ -74,7 +74,7 @@ class AuditEvent(BaseModel):
     @field_validator("action")
     @classmethod
     def _check_action(cls, value: str) -> str:
-        if not _ACTION.match(value):
+        if not _ACTION.fullmatch(value):
             raise ValueError(
                 f"action {value!r} must be dotted lowercase words, e.g. 'phi.access.read'"
             )

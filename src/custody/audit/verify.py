@@ -48,60 +48,70 @@ def _walk(connection: Connection, keyring: Keyring, batch_size: int) -> VerifyRe
     head = connection.execute(select(audit_chain_head).where(audit_chain_head.c.id == 1)).one()
     head_seq = int(head.seq)
     expected_seq, prev, checked = 1, GENESIS_HASH, 0
-    rows = connection.execution_options(yield_per=batch_size).execute(
-        select(*audit_log.c).where(audit_log.c.seq <= head_seq).order_by(audit_log.c.seq)
-    )
-    for row in rows:
-        seq = int(row.seq)
-        if seq != expected_seq:
-            if seq < expected_seq:
-                return VerifyResult(False, checked, seq, seq, f"duplicate sequence number {seq}")
-            return VerifyResult(
-                False, checked, seq, expected_seq, f"gap: seq {expected_seq} missing, next is {seq}"
+    query = select(*audit_log.c).where(audit_log.c.seq <= head_seq).order_by(audit_log.c.seq)
+    # Closed on every return: a server-side cursor left open on a break would outlive the walk.
+    with connection.execution_options(yield_per=batch_size).execute(query) as rows:
+        for row in rows:
+            seq = int(row.seq)
+            if seq != expected_seq:
+                if seq < expected_seq:
+                    return VerifyResult(
+                        False, checked, seq, seq, f"duplicate sequence number {seq}"
+                    )
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    expected_seq,
+                    f"gap: seq {expected_seq} missing, next is {seq}",
+                )
+            if row.prev_hash != prev:
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    seq,
+                    "broken link: prev_hash is not the previous row's hash",
+                )
+            digest = content_digest(
+                row.event_id,
+                row.occurred_at,
+                row.recorded_at,
+                row.principal,
+                row.action,
+                row.status,
+                row.severity,
+                row.resource_type,
+                row.resource_id,
+                row.correlation_id,
+                row.regulation,
+                row.data_classification,
+                row.retention_days,
+                row.details,
             )
-        if row.prev_hash != prev:
-            return VerifyResult(
-                False, checked, seq, seq, "broken link: prev_hash is not the previous row's hash"
-            )
-        digest = content_digest(
-            row.event_id,
-            row.occurred_at,
-            row.recorded_at,
-            row.principal,
-            row.action,
-            row.status,
-            row.severity,
-            row.resource_type,
-            row.resource_id,
-            row.correlation_id,
-            row.regulation,
-            row.data_classification,
-            row.retention_days,
-            row.details,
-        )
-        if link_hash(prev, seq, digest) != row.row_hash:
-            return VerifyResult(
-                False, checked, seq, seq, "hash mismatch: the row's content was altered"
-            )
-        if row.key_id not in keyring.key_ids:
-            return VerifyResult(
-                False,
-                checked,
-                seq,
-                seq,
-                f"unknown HMAC key id {row.key_id!r}: cannot verify signature",
-            )
-        if not keyring.verify(row.key_id, row.row_hash, row.signature):
-            return VerifyResult(
-                False,
-                checked,
-                seq,
-                seq,
-                f"HMAC mismatch with key {row.key_id!r}: signature is forged",
-            )
-        prev = row.row_hash
-        expected_seq += 1
-        checked += 1
+            if link_hash(prev, seq, digest) != row.row_hash:
+                return VerifyResult(
+                    False, checked, seq, seq, "hash mismatch: the row's content was altered"
+                )
+            if row.key_id not in keyring.key_ids:
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    seq,
+                    f"unknown HMAC key id {row.key_id!r}: cannot verify signature",
+                )
+            if not keyring.verify(row.key_id, row.row_hash, row.signature):
+                return VerifyResult(
+                    False,
+                    checked,
+                    seq,
+                    seq,
+                    f"HMAC mismatch with key {row.key_id!r}: signature is forged",
+                )
+            prev = row.row_hash
+            expected_seq += 1
+            checked += 1
     # The head last: a broken row above is the more precise finding.
     if head_seq > 0:
         if head.key_id not in keyring.key_ids:
