@@ -27,6 +27,7 @@ from custody.chunks import (
     ChunkWork,
     JobPlan,
     JobSpec,
+    is_transient,
     plan_key_ranges,
     run_chunk,
 )
@@ -39,8 +40,10 @@ CHUNK_RETRIES = 3
 
 
 def _retry_if_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
+    # Not only ChunkFailedError.transient: a lost connection to custody's own store while the
+    # ledger records the chunk reaches here as the raw driver error, and is worth a retry too.
     error = state.data
-    return bool(getattr(error, "transient", False))
+    return isinstance(error, BaseException) and is_transient(error)
 
 
 def _chunk_run_name() -> str:
@@ -117,6 +120,7 @@ def run_chunks(
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
     submit = submit or process_chunk.submit
+    runtime().ledger.remember_work(plan.spec, work)  # so replay-dead-letters can rebuild it
     progress = ProgressReporter(title or plan.spec.job_id, total=len(plan.chunks))
     skipped = len(plan.verified)
     if skipped:

@@ -16,6 +16,7 @@ from custody.audit import verify_chain
 from custody.chunks import BatchResult, JobSpec, Ledger
 from custody.store.tables import dead_letters, job_chunks
 from tasks.chunks import run_chunks
+from tests.support.artifacts import read_artifacts
 from tests.support.env import set_custody_env
 from tests.support.work import ScriptedWork
 
@@ -23,13 +24,19 @@ RANGES = [(None, 100), *[(i, i + 100) for i in range(100, 1000, 100)]]  # 10 chu
 
 
 @flow(task_runner=ThreadPoolTaskRunner(max_workers=3))
-def scripted_job(job_id: str, work: ScriptedWork, continue_on_error: bool = True) -> BatchResult:
+def scripted_job(
+    job_id: str, work: ScriptedWork, continue_on_error: bool = True, max_concurrency: int = 3
+) -> BatchResult:
     from tasks.runtime import runtime
 
     spec = JobSpec(job_id=job_id, kind="test", subject="t", key_column="id", chunk_size=100)
     plan = runtime().ledger.plan(spec, lambda: list(RANGES))
     return run_chunks(
-        plan, work, max_concurrency=3, continue_on_error=continue_on_error, title=job_id
+        plan,
+        work,
+        max_concurrency=max_concurrency,
+        continue_on_error=continue_on_error,
+        title=job_id,
     )
 
 
@@ -44,11 +51,8 @@ async def _flow_run_details(flow_run_id: str) -> tuple[list[str], list[str]]:
         runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-        artifacts = await client.read_artifacts()
     messages = [r.state.message or "" for r in runs if r.state]
-    keys = [
-        a.key for a in artifacts if a.flow_run_id and str(a.flow_run_id) == flow_run_id and a.key
-    ]
+    keys = [a.key for a in await read_artifacts(flow_run_id=flow_run_id) if a.key]
     return messages, keys
 
 
@@ -87,15 +91,27 @@ def test_failures_retries_and_resume(env: Engine, tmp_path: Path) -> None:
     assert verify_chain(env, __import__("tasks.runtime").runtime.runtime().audit.keyring).ok
 
 
-def test_stop_on_first_error(env: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_concurrency", [1, 3])
+def test_stop_on_first_error(env: Engine, tmp_path: Path, max_concurrency: int) -> None:
     work = ScriptedWork(str(tmp_path), data_error_chunks=frozenset({0}))
-    result = scripted_job("job-b", work, continue_on_error=False, return_state=True).result()
+    job_id = f"job-b{max_concurrency}"
+    result = scripted_job(
+        job_id, work, continue_on_error=False, max_concurrency=max_concurrency, return_state=True
+    ).result()
     not_run = [f for f in result.failures if f.error.startswith("not run")]
-    assert result.failed == 1 + len(not_run) and result.successful <= 3
+    assert result.failed == 1 + len(not_run)
     assert result.successful + result.failed == 10
+    if max_concurrency == 1:
+        # One chunk at a time makes the order certain: nothing starts after the failure. With
+        # more in flight, chunks that finish before the failure is known may start others.
+        assert (result.successful, len(not_run)) == (0, 9)
     with env.connect() as c:
         pending = (
-            c.execute(select(job_chunks.c.chunk_no).where(job_chunks.c.status == "pending"))
+            c.execute(
+                select(job_chunks.c.chunk_no).where(
+                    job_chunks.c.job_id == job_id, job_chunks.c.status == "pending"
+                )
+            )
             .scalars()
             .all()
         )

@@ -11,6 +11,7 @@ from custody.chunks.models import (
     JobSpec,
 )
 from custody.chunks.planner import plan_key_ranges
+from custody.chunks.recipe import ReplayRefusedError, WorkRecipe, load_work, recipe_for
 from custody.chunks.retry import is_transient
 from custody.chunks.runner import ChunkFailedError, ChunkWork, run_chunk
 
@@ -25,7 +26,11 @@ __all__ = [
     "JobPlan",
     "JobSpec",
     "Ledger",
+    "ReplayRefusedError",
+    "WorkRecipe",
     "is_transient",
+    "load_work",
     "plan_key_ranges",
+    "recipe_for",
     "run_chunk",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from custody.chunks.models import (
@@ -18,6 +18,7 @@ from custody.chunks.models import (
     KeyValue,
 )
 from custody.chunks.planner import KeyRange
+from custody.chunks.recipe import recipe_for
 from custody.db import utc_now, write_transaction
 from custody.errors import JobPlanMismatchError
 from custody.store.tables import dead_letters, job_chunks, jobs
@@ -192,6 +193,16 @@ class Ledger:
                     **_counts(outcome),
                 )
             )
+            # The chunk is done: a dead letter it left earlier is settled by this verification.
+            connection.execute(
+                update(dead_letters)
+                .where(
+                    dead_letters.c.job_id == chunk.job_id,
+                    dead_letters.c.item_ref == chunk.ref,
+                    dead_letters.c.replayed_at.is_(None),
+                )
+                .values(replayed_at=utc_now(), resolution="verified")
+            )
             if record is not None:
                 record(connection)
 
@@ -246,6 +257,43 @@ class Ledger:
                 connection.execute(
                     update(dead_letters).where(dead_letters.c.id == open_letter).values(**values)
                 )
+
+    def remember_work(self, spec: JobSpec, work: object) -> bool:
+        """Record how to rebuild the job's chunk work, so its dead letters can be replayed.
+
+        Returns:
+            False when the work has no exact recipe (a plain function, a class outside custody):
+            its dead letters can then only be redone by re-running the job's flow.
+        """
+        recipe = recipe_for(spec, work)
+        if recipe is None:
+            return False
+        with write_transaction(self.engine) as connection:
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.job_id == spec.job_id)
+                .values(work=recipe.model_dump(mode="json"))
+            )
+        return True
+
+    def has_job(self, job_id: str) -> bool:
+        """The job has been planned (a run of it has begun)."""
+        with self.engine.connect() as connection:
+            found = connection.execute(select(jobs.c.job_id).where(jobs.c.job_id == job_id))
+            return found.first() is not None
+
+    def family_summary(self, job_id: str) -> dict[str, int]:
+        """Chunk counts by status over a job and its sub-jobs (``<job_id>.<table>``)."""
+        c = job_chunks.c
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(c.status, func.count())
+                .where(or_(c.job_id == job_id, c.job_id.startswith(f"{job_id}.", autoescape=True)))
+                .group_by(c.status)
+            ).all()
+        out = {status.value: 0 for status in ChunkStatus}
+        out.update({status: int(count) for status, count in rows})
+        return out
 
     def summary(self, job_id: str) -> dict[str, int]:
         """Chunk counts by status, plus rows verified so far."""

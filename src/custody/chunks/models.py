@@ -13,7 +13,7 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 def check_job_id(job_id: str) -> str:
     """Job ids become ledger keys and appear in Prefect: plain characters only."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise ValueError(
             f"job id {job_id!r} must be 1-128 letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit"

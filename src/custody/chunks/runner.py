@@ -72,11 +72,19 @@ def run_chunk(
         ledger.fail(
             chunk,
             type(exc).__name__,
-            str(exc),
+            str(exc),  # the full error stays in custody's own store
             dead_letter=last,
             record=recorder(AuditStatus.FAILED, error=safe_error(exc)) if last else None,
         )
-        raise ChunkFailedError(chunk, safe_error(exc), transient=transient) from None
+        failed: ChunkFailedError | None = ChunkFailedError(
+            chunk, safe_error(exc), transient=transient
+        )
+    else:
+        failed = None
+    if failed is not None:
+        # Raised outside the except block, so no __context__ links it to the original error,
+        # whose message may quote rows: Prefect pickles failed tasks' exceptions whole.
+        raise failed
     if not outcome.verified:
         reason = (
             f"verification mismatch: source {outcome.source_count} rows/{outcome.source_hash}, "

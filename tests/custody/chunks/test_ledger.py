@@ -55,6 +55,8 @@ def test_protocol_verifies_skips_and_dead_letters(store: Engine, keyring: Keyrin
     with pytest.raises(ChunkFailedError) as data_error:
         run_chunk(plan.chunks[2], constraint_violation, **common)  # type: ignore[arg-type]
     assert "MRN0001234" not in str(data_error.value)  # the message may reach Prefect: no values
+    # Nor through its context: Prefect pickles a failed task's exception with its chain.
+    assert data_error.value.__context__ is None and data_error.value.__cause__ is None
 
     with store.connect() as c:
         rows = {
