@@ -16,6 +16,7 @@ from custody.transfer.generic import CopyRangeWork
 from flows.params import SQL_NAME, ChunkedJobParams
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
+from tasks.runners import SettingsTaskRunner
 from tasks.transfer import prepare_target_table
 
 
@@ -24,7 +25,11 @@ class CopyTableParams(ChunkedJobParams):
 
     model_config = ConfigDict(title="Copy a table in verified chunks", extra="forbid")
 
-    table: str = Field(title="Table", pattern=SQL_NAME)
+    table: str = Field(
+        title="Table",
+        pattern=SQL_NAME,
+        description="Table to copy; created on the target when it is missing.",
+    )
     key_column: str = Field(
         title="Key column",
         pattern=SQL_NAME,
@@ -32,9 +37,17 @@ class CopyTableParams(ChunkedJobParams):
     )
 
 
-@flow(name="copy-table", description="Copy a table in verified, resumable chunks.")
+@flow(
+    name="copy-table",
+    description="Copy a table in verified, resumable chunks.",
+    task_runner=SettingsTaskRunner(),
+)
 def copy_table(params: CopyTableParams) -> BatchResult | State[BatchResult]:
-    """Plan chunks, copy and verify each, and leave audit rows and artifacts for the run."""
+    """Plan chunks, copy and verify each, and leave audit rows and artifacts for the run.
+
+    Args:
+        params: Source and target connections, the table, its key and how the chunks run.
+    """
     started = time.monotonic()
     job_id = params.job_id or f"copy-{params.table}-{current_flow_run_id() or 'local'}"[:128]
     title = f"copy-{params.table}"

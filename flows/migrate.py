@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.states import Failed
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
@@ -16,7 +16,9 @@ from custody.migration.report import MigrationResult, TableResult, publish_plan,
 from custody.prefect_glue import current_flow_run_id
 from custody.quality import preload as preload_quality_checks
 from flows.params import SQL_NAME, ChunkedJobParams
+from tasks.approval import ApprovalRequest, await_approval, tables_to_overwrite
 from tasks.audit import publish_audit_artifacts, record_event
+from tasks.cancellation import audit_cancellation, audit_failure
 from tasks.chunks import run_chunks
 from tasks.migration import (
     check_target_table,
@@ -26,6 +28,7 @@ from tasks.migration import (
     plan_migration,
     prepare_target_schema,
 )
+from tasks.runners import SettingsTaskRunner
 from tasks.runtime import runtime
 
 
@@ -34,32 +37,80 @@ class MigrateParams(ChunkedJobParams):
 
     model_config = ConfigDict(title="Migrate tables between databases", extra="forbid")
 
-    schema_name: str = Field(default="public", title="Schema", pattern=SQL_NAME)
-    tables: list[str] = Field(
-        default_factory=list, title="Tables", description="Empty: every table of the schema."
+    schema_name: str = Field(
+        default="public",
+        title="Schema",
+        pattern=SQL_NAME,
+        description="Schema to migrate; the target gets the same name.",
+    )
+    tables: list[Annotated[str, StringConstraints(pattern=SQL_NAME)]] = Field(
+        default=[], title="Tables", description="Empty: every table of the schema."
     )
     verify: Literal["hash", "count"] = Field(
         default="hash",
         title="Verification",
         description="hash: count and content hash per chunk on both sides; count: rows only.",
     )
-    create_schema: bool = Field(default=True, title="Create missing target tables")
+    create_schema: bool = Field(
+        default=True,
+        title="Create missing target tables",
+        description="PostgreSQL: types, tables and views from pg_dump before the rows, keys, "
+        "indexes and triggers after them. Off: the target tables must exist.",
+    )
     replace_existing: bool = Field(
         default=False,
         title="Replace rows already in the target",
         description="Off: a new job refuses a target table that already has rows.",
     )
-    dry_run: bool = Field(default=False, title="Dry run (plan only)")
+    require_approval: bool = Field(
+        default=False,
+        title="Wait for approval before replacing rows",
+        description="With 'Replace rows' on and a target table that already has rows: publish "
+        "the plan, then pause until someone approves or denies (Resume in the UI, or the API). "
+        "The approver goes to the audit log.",
+    )
+    approval_timeout_minutes: int = Field(
+        default=60,
+        ge=1,
+        le=10_080,
+        title="Approval timeout (minutes)",
+        description="Not approved by then: the run fails and no target is touched.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        title="Dry run (plan only)",
+        description="Tables, estimated rows, chunks and COPY format; nothing is copied.",
+    )
 
 
-@flow(name="migrate-tables", description="Verified, resumable migration between databases.")
+@flow(
+    name="migrate-tables",
+    description="Verified, resumable migration between databases.",
+    task_runner=SettingsTaskRunner(),
+)
 def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationResult]:
-    """Describe, prepare, copy chunk by chunk with verification, finalise, check, report."""
+    """Describe, prepare, copy chunk by chunk with verification, finalise, check, report.
+
+    Args:
+        params: Source and target connections, the tables and how the chunks run.
+    """
     job_id = params.job_id or f"migrate-{current_flow_run_id() or 'local'}"
     infos = describe_source_tables(params.source, params.schema_name, params.tables)
     if params.dry_run:
         publish_plan(job_id, infos, params.chunk_size)
         return MigrationResult(job_id=job_id, planned=True)
+    if params.require_approval and params.replace_existing:
+        names = [info.name for info in infos]
+        overwritten = tables_to_overwrite(params.target, params.schema_name, names, job_id)
+        if overwritten:
+            publish_plan(job_id, infos, params.chunk_size)
+            decision = await_approval(
+                _approval_request(job_id, params, names, overwritten),
+                params.approval_timeout_minutes * 60,
+            )
+            if not decision.approved:
+                publish_audit_artifacts(f"migrate-{job_id}")
+                return decision.stopped(MigrationResult(job_id=job_id, planned=True))
     record_event(
         "data.migration.started",
         AuditStatus.STARTED,
@@ -121,3 +172,27 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
     if result.status != "success":
         return Failed(message=f"migration {job_id}: {result.status}", data=result)
     return result
+
+
+migrate_tables.on_cancellation(audit_cancellation("migrate", "data.migration"))
+migrate_tables.on_failure(audit_failure("migrate", "data.migration"))
+migrate_tables.on_crashed(audit_failure("migrate", "data.migration"))
+
+
+def _approval_request(
+    job_id: str, params: MigrateParams, tables: list[str], overwritten: list[str]
+) -> ApprovalRequest:
+    """What replacing rows in non-empty targets means, for the approver and the audit log."""
+    return ApprovalRequest(
+        job_id=job_id,
+        flow="migrate-tables",
+        action=f"replace rows in {len(overwritten)} non-empty table(s) of {params.target}",
+        scope={
+            "source": params.source,
+            "target": params.target,
+            "schema": params.schema_name,
+            "tables": tables,
+            "replace_existing": True,
+        },
+        facts={"non_empty_targets": ", ".join(overwritten)},
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from pydantic import BaseModel, ConfigDict, Field
 
 CONNECTION = r"^[a-z][a-z0-9_]{0,62}$"
@@ -19,13 +21,43 @@ class ChunkedJobParams(BaseModel):
         pattern=CONNECTION,
         description="Name of a configured connection, never a URL.",
     )
-    target: str = Field(title="Target connection", pattern=CONNECTION)
-    chunk_size: int = Field(default=50_000, ge=1, le=1_000_000, title="Rows per chunk")
-    max_concurrency: int = Field(default=2, ge=1, le=32, title="Chunks in flight")
-    continue_on_error: bool = Field(default=True, title="Continue after a failed chunk")
+    target: str = Field(
+        title="Target connection",
+        pattern=CONNECTION,
+        description="Name of a configured connection, never a URL.",
+    )
+    chunk_size: int = Field(
+        default=50_000,
+        ge=1,
+        le=1_000_000,
+        title="Rows per chunk",
+        description="Each chunk is a key range copied, verified and recorded in the ledger on its "
+        "own; a re-run redoes only unverified chunks.",
+    )
+    max_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        title="Chunks in flight",
+        description="Chunks worked on at the same time by this run.",
+    )
+    continue_on_error: bool = Field(
+        default=True,
+        title="Continue after a failed chunk",
+        description="A failed chunk gets a ledger row and a dead letter; off stops the run.",
+    )
     job_id: str | None = Field(
         default=None,
         title="Job id",
         pattern=JOB_ID,
         description="Re-use an earlier job id to resume it; empty starts a new job.",
     )
+
+
+def check_timezone(value: str) -> str:
+    """An IANA time zone name, or a clear error for the form."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value

@@ -52,9 +52,13 @@ def is_postgres(engine: Engine | Dialect) -> bool:
 
 
 def _create(url: str) -> Engine:
+    # hide_parameters: a statement's error message must not carry its bound values (rows, PHI)
+    # into the logs and Prefect states of whatever task it escapes from.
     if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    engine = create_engine(
+        url, connect_args={"timeout": 60, "check_same_thread": False}, hide_parameters=True
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -28,9 +28,11 @@ def safe_error(exc: BaseException) -> str:
     constraint violation; the full message goes only to custody's own store (ledger, dead letters).
     """
     cause: BaseException | None = exc
-    sqlstate = None
-    while cause is not None and sqlstate is None:
+    code = None
+    while cause is not None and code is None:
         sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        # PostgreSQL's SQLSTATE, or SQLite's result code name (e.g. SQLITE_CONSTRAINT_CHECK).
+        code = f"SQLSTATE {sqlstate}" if sqlstate else getattr(cause, "sqlite_errorname", None)
         cause = cause.__cause__ or getattr(cause, "orig", None)
     name = type(exc).__name__
-    return f"{name} (SQLSTATE {sqlstate})" if sqlstate else name
+    return f"{name} ({code})" if code else name

@@ -14,7 +14,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 def check_name(name: str, what: str = "identifier") -> str:
     """Refuse anything but a plain SQL name, with a message naming the offending value."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidIdentifierError(
             f"{what} {name!r} is not a plain SQL name (letters, digits, _ and $, at most 63)"
         )

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import psycopg
 from sqlalchemy.engine import URL
@@ -137,3 +137,19 @@ def psql_copy_out(url: URL, script: str, *, block_size: int = 1 << 20) -> Iterat
             f"psql failed (exit {code}): {stderr.strip()[-2000:]}",
             transient=any(s in stderr for s in _LOST_CONNECTION),
         )
+
+
+def rechunk(
+    blocks: Iterable[bytes | bytearray | memoryview], size: int = 1 << 20
+) -> Iterator[bytes]:
+    """COPY data in pieces of about ``size`` bytes (libpq hands it over one row at a time)."""
+    pending: list[bytes | bytearray | memoryview] = []
+    filled = 0
+    for block in blocks:
+        pending.append(block)
+        filled += len(block)
+        if filled >= size:
+            yield b"".join(pending)
+            pending, filled = [], 0
+    if pending:
+        yield b"".join(pending)

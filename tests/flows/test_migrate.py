@@ -8,13 +8,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from prefect.client.orchestration import get_client
 from sqlalchemy import Engine, func, select, text
 
 from custody.audit import Keyring, verify_chain
 from custody.db import get_engine
 from custody.store.tables import dead_letters, job_chunks
 from flows.migrate import MigrateParams, migrate_tables
+from tests.support.artifacts import read_artifacts
 from tests.support.env import TEST_KEYS, custody_env, set_custody_env
 from tests.support.kill import (
     flow_command,
@@ -31,8 +31,7 @@ KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
 
 
 async def markdown(key_prefix: str) -> str:
-    async with get_client() as client:
-        arts = await client.read_artifacts()
+    arts = await read_artifacts(key_like=key_prefix)
     found = [a for a in arts if a.key and a.key.startswith(key_prefix)]
     return str(max(found, key=lambda a: a.created).data) if found else ""
 
@@ -135,13 +134,18 @@ def test_a_rejected_row_fails_its_chunk_only(src_dst: tuple[str, str], pg_store:
         assert c.execute(text("SELECT count(*) FROM items")).scalar_one() == 45_000
 
 
-@pytest.mark.parametrize("kill_after", [1, 4, 8, 12, 16])
-def test_sigkill_then_resume_converges(
-    kill_after: int,
+KILL_POINTS = [1, 4, 8, 12, 16]  # verified chunks (of 20) when each run is killed
+
+
+def test_sigkill_at_five_points_then_resume_converges(
     prefect_api: str,
     pg_store: Engine,
     pg_databases,  # type: ignore[no-untyped-def]
 ) -> None:
+    """One job, SIGKILLed five times in turn at later and later points; the sixth run finishes.
+
+    Each resumed run must leave what earlier runs verified alone and redo only the rest.
+    """
     src, dst = pg_databases.create("src"), pg_databases.create("dst")
     make_keys(get_engine(src), 200_000)
     store_url = pg_store.url.render_as_string(hide_password=False)
@@ -156,12 +160,18 @@ def test_sigkill_then_resume_converges(
         "tables": ["items"],
         "chunk_size": 10_000,
         "max_concurrency": 2,
-        "job_id": f"kill-{kill_after}",
+        "job_id": "kill-five",
     }
     args = flow_command("flows.migrate", "migrate_tables", "MigrateParams", params)
 
-    kill_after_verified(args, env, pg_store, kill_after)
-    before = ledger(pg_store)
+    before: dict[int, tuple[str, int, object]] = {}
+    for kill_after in KILL_POINTS:
+        kill_after_verified(args, env, pg_store, kill_after)
+        now = ledger(pg_store)
+        verified = {n for n, (status, _, _) in now.items() if status == "verified"}
+        assert len(verified) >= kill_after
+        assert all(now[n] == before[n] for n in before if before[n][0] == "verified")
+        before = now
     done = {n for n, (status, _, _) in before.items() if status == "verified"}
 
     result = run_to_end(args, env)
@@ -199,3 +209,21 @@ def test_dry_run_plans_and_changes_nothing(src_dst: tuple[str, str], pg_store: E
         ).fetchone() == (0,)
     with pg_store.connect() as c:
         assert c.execute(select(func.count()).select_from(job_chunks)).scalar_one() == 0
+
+
+def test_a_run_that_dies_before_completing_is_audited_as_failed(
+    src_dst: tuple[str, str], pg_store: Engine
+) -> None:
+    """An exception escaping the flow still leaves an audit row, naming only its class."""
+    src, _ = src_dst
+    make_keys(get_engine(src), 100)
+    state = migrate_tables(
+        MigrateParams(source="src", target="nowhere", job_id="dies-1"), return_state=True
+    )
+    assert state.is_failed() and "nowhere" in (state.message or "")
+    with pg_store.connect() as c:
+        rows = c.execute(
+            text("SELECT action, status, details FROM audit_log WHERE resource_id = 'dies-1'")
+        ).all()
+    assert [(r.action, r.status) for r in rows] == [("data.migration.failed", "failed")]
+    assert rows[0].details["error"] == "ConfigError" and rows[0].details["outcome"] == "failed"

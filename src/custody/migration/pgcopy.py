@@ -19,11 +19,11 @@ from sqlalchemy.engine import URL
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.db import get_engine
 from custody.migration.catalog import TableInfo
-from custody.pgclient import has_client_tool, libpq_dsn, psql_copy_out
+from custody.pgclient import has_client_tool, libpq_dsn, psql_copy_out, rechunk
 from custody.settings import get_settings
 
 # Fixed output settings so that both servers render every row's text form identically.
-_SESSION = (
+SESSION_SETTINGS = (
     "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
     "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
     "SET LOCAL bytea_output = 'hex'"
@@ -92,20 +92,12 @@ _PIPE_BYTES = 1 << 20
 
 
 def _pipe(out: Iterable[bytes | bytearray | memoryview], into: psycopg.Copy) -> None:
-    """Move COPY data across in ~1 MB writes (libpq hands it over one row at a time)."""
-    pending: list[bytes | bytearray | memoryview] = []
-    size = 0
-    for block in out:
-        pending.append(block)
-        size += len(block)
-        if size >= _PIPE_BYTES:
-            into.write(b"".join(pending))
-            pending, size = [], 0
-    if pending:
-        into.write(b"".join(pending))
+    """Move COPY data across in ~1 MB writes."""
+    for block in rechunk(out, _PIPE_BYTES):
+        into.write(block)
 
 
-def _copy_out(
+def copy_out_blocks(
     src: psycopg.Connection[tuple[object, ...]], src_url: URL, copy_out: sql.Composed
 ) -> contextlib.AbstractContextManager[Iterable[bytes | bytearray | memoryview]]:
     """The source rows as COPY data, read in the source transaction's snapshot.
@@ -121,7 +113,7 @@ def _copy_out(
     script = ";\n".join([
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot[0])).as_string(src),
-        *_SESSION.replace("SET LOCAL", "SET").split("; "),
+        *SESSION_SETTINGS.replace("SET LOCAL", "SET").split("; "),
         copy_out.as_string(src),
         "COMMIT;\n",
     ])  # fmt: skip
@@ -157,8 +149,8 @@ class PgRangeCopy:
         ):
             # One snapshot on the source for both the copy and its fingerprint.
             src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            src.execute(_SESSION)
-            dst.execute(_SESSION)
+            src.execute(SESSION_SETTINGS)
+            dst.execute(SESSION_SETTINGS)
             with src.cursor() as rc, dst.cursor() as wc:
                 if chunk.attempt > 1 or self.replace_existing:
                     wc.execute(
@@ -173,7 +165,7 @@ class PgRangeCopy:
                 )
                 copy_out = sql.SQL("COPY ({q}) TO STDOUT {fmt}").format(q=query, fmt=fmt)
                 # Source last: if reading fails, the COPY into the target is aborted.
-                with wc.copy(copy_in) as into, _copy_out(src, src_url, copy_out) as out:
+                with wc.copy(copy_in) as into, copy_out_blocks(src, src_url, copy_out) as out:
                     _pipe(out, into)
                 source = fingerprint(rc, query, method=method)
                 target = fingerprint(wc, select_columns(self.info, where), method=method)

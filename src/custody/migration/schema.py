@@ -19,7 +19,10 @@ from custody.pgclient import client_tool, libpq_env
 
 
 class SchemaCopyError(CustodyError):
-    """pg_dump or psql failed; the message carries their error output (DDL only, no rows)."""
+    """pg_dump or psql failed; the message carries their error output.
+
+    psql's in its terse form only: an error's details may quote rows (PHI).
+    """
 
 
 def copy_schema_section(source: Engine, target: Engine, schema: str, section: str) -> None:
@@ -43,9 +46,12 @@ def copy_schema_section(source: Engine, target: Engine, schema: str, section: st
             for line in script.splitlines(keepends=True)
             if not line.startswith((b"CREATE SCHEMA ", b"COMMENT ON SCHEMA "))
         )
+    # VERBOSITY=terse: the error's primary message only. Its DETAIL and CONTEXT may quote rows
+    # ("Key (mrn)=(...) is not present", "Failing row contains (...)"), and this message is
+    # raised into Prefect's logs and states, outside the HIPAA boundary.
     restore = subprocess.run(  # noqa: S603
         [client_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction",
-         "--set=ON_ERROR_STOP=1", "--output=/dev/null"],
+         "--set=ON_ERROR_STOP=1", "--set=VERBOSITY=terse", "--output=/dev/null"],
         input=script, env=libpq_env(target.url), capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     if restore.returncode != 0:

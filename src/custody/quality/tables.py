@@ -32,7 +32,8 @@ def _import_gx() -> None:
     import great_expectations  # noqa: F401
 
 
-def _context() -> Any:
+def ephemeral_context() -> Any:
+    """A GX context that keeps nothing on disk (no stores to leak values into)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -53,7 +54,7 @@ def check_table(
     """Row count, key uniqueness and NOT NULL columns of one table, checked by GX in SQL."""
     import great_expectations as gx
 
-    context = _context()
+    context = ephemeral_context()
     name = f"custody-{uuid.uuid4().hex[:8]}"
     if url.startswith("sqlite"):
         source = context.data_sources.add_sqlite(name=name, connection_string=url)

@@ -66,6 +66,7 @@ jobs = Table(
     Column("chunk_size", Integer, nullable=False),
     Column("total_chunks", Integer, nullable=False),
     Column("planned_at", UTCDateTime, nullable=False),
+    Column("work", JSON().with_variant(JSONB(), "postgresql")),
 )
 
 job_chunks = Table(
@@ -99,4 +100,7 @@ dead_letters = Table(
     Column("attempts", Integer, nullable=False),
     Column("failed_at", UTCDateTime, nullable=False),
     Column("replayed_at", UTCDateTime),
+    Column("resolution", Text),
+    Column("replayed_by", Text),
+    Column("replay_run_id", Text),
 )

@@ -23,6 +23,7 @@ from custody.storage import check_key_part, check_prefix
         "x" * 129,
         "a..b",
         "\uff4c\uff41\uff42",  # fullwidth look-alikes of "lab"
+        "lab\n",  # a Python `$` alone would let a trailing newline through
     ],
 )
 def test_hostile_key_parts_are_refused(bad: str) -> None:
@@ -30,7 +31,9 @@ def test_hostile_key_parts_are_refused(bad: str) -> None:
         check_key_part(bad, "table")
 
 
-@pytest.mark.parametrize("bad", ["/abs", "a//b", "a/../b", "a/", "a/%2e%2e/b", "a/./b"])
+@pytest.mark.parametrize(
+    "bad", ["/abs", "a//b", "a/../b", "a/", "a/%2e%2e/b", "a/./b", "a/b\n", "a\n/b"]
+)
 def test_hostile_prefixes_are_refused(bad: str) -> None:
     with pytest.raises(InvalidIdentifierError):
         check_prefix(bad)
