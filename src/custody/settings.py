@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AnyUrl, Field, SecretStr, field_validator, model_validator
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from custody.errors import ConfigError
 
 _CONNECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MIN_HMAC_KEY_BYTES = 32
+TaskRunnerKind = Literal["threads", "dask"]
 
 
 class Settings(BaseSettings):
@@ -64,6 +66,26 @@ class Settings(BaseSettings):
     principal: str = Field(
         default="custody", description="Principal recorded on audit events written by pipelines."
     )
+    approval_poll_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="How often a run paused for approval asks Prefect whether it was resumed.",
+    )
+    task_runner: TaskRunnerKind = Field(
+        default="threads",
+        description="Where chunk tasks run: threads in the flow's process, or a Dask cluster. "
+        "Read when each flow run starts (tasks/runners.py).",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        pattern=r"^((tcp|tls)://)?[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
+        description="Scheduler of an existing Dask cluster, e.g. tls://10.0.0.5:8786. Unset: "
+        "each flow run starts a local cluster of dask_workers processes on its own machine.",
+    )
+    dask_workers: int = Field(
+        default=2, ge=1, le=64, description="Worker processes of the per-run local Dask cluster."
+    )
 
     @field_validator("connections", mode="before")
     @classmethod
@@ -106,7 +128,7 @@ class Settings(BaseSettings):
             ConfigError: the name is malformed or nothing defines it.
         """
         key = name.lower()
-        if not _CONNECTION_NAME.match(key):
+        if not _CONNECTION_NAME.fullmatch(key):
             raise ConfigError(
                 f"connection name {name!r} is not valid: use lowercase letters, digits and "
                 "underscores, starting with a letter"
@@ -151,8 +173,22 @@ def get_settings() -> Settings:
     """Load settings once per process; raise ConfigError naming the bad variable."""
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"invalid custody settings: {exc}") from exc
+    except ValidationError as exc:
+        # Never the values: they may be keys or URLs with passwords, and this message can reach
+        # Prefect states and worker logs. Name the variables and what is wrong with them.
+        invalid = ConfigError(f"invalid custody settings: {_describe(exc)}")
+    except ValueError as exc:
+        invalid = ConfigError(f"invalid custody settings: {exc}")
+    raise invalid  # outside the except blocks: no __context__ holding the raw values
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        where = "__".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"CUSTODY_{where.upper()}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 def reset_settings_cache() -> None:

@@ -27,6 +27,22 @@ def test_short_key_and_unknown_active_key_are_refused(monkeypatch: pytest.Monkey
         get_settings()
 
 
+def test_a_bad_setting_is_named_without_quoting_any_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error can reach Prefect states and worker logs: keys and passwords must stay out."""
+    monkeypatch.setenv("CUSTODY_HMAC_KEYS", '{"k1": "s3cr3t-but-short"}')
+    monkeypatch.setenv("CUSTODY_DATABASE_URL", "postgresql://app:hunter2-pw@db/custody")
+    monkeypatch.setenv("CUSTODY_DASK_WORKERS", "many-hunter2")
+    for named in ("CUSTODY_DASK_WORKERS", "CUSTODY_HMAC_KEYS"):
+        get_settings.cache_clear()
+        with pytest.raises(ConfigError) as refused:
+            get_settings()
+        message = str(refused.value)
+        assert named in message
+        assert "s3cr3t" not in message and "hunter2" not in message
+        assert refused.value.__cause__ is None  # nor through the chained pydantic error
+        monkeypatch.delenv("CUSTODY_DASK_WORKERS", raising=False)  # then the key is wrong
+
+
 def test_named_connections_resolve_and_secrets_stay_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUSTODY_CONNECTIONS__LEGACY_EHR", "postgresql://u:s3cret@db/ehr")
     settings = Settings()

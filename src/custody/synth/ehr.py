@@ -2,6 +2,8 @@
 
 Everything is drawn from a seeded random generator, so a seed always gives the same data.
 Names, MRNs and addresses are made up but look real, so the PHI rules are exercised for real.
+The hospital's tables end at a fixed date (``ANCHOR``), so a rebuilt hospital is row for row the
+one before, and a fixed cutoff always makes the same rows old enough to archive.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from custody.audit import AuditEvent, AuditStatus, DataClassification
 from custody.db import UTCDateTime
 
 metadata = MetaData()
+
+ANCHOR = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+"""The synthetic hospital's "now": its encounters fall in the year before, its access log in the
+two years before."""
 
 patients = Table(
     "patients",
@@ -74,6 +80,19 @@ lab_results = Table(
     Column("collected_at", UTCDateTime, nullable=False),
     Column("resulted_at", UTCDateTime, nullable=False),
     Column("performing_lab", Text, nullable=False),
+)
+
+
+# The EHR application's own log of who opened which chart: the table a retention policy archives.
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("access_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("patient_id", Integer, ForeignKey("patients.patient_id"), nullable=False),
+    Column("user_name", String(32), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("workstation", String(16), nullable=False),
+    Column("accessed_at", UTCDateTime, nullable=False),
 )
 
 
@@ -168,6 +187,7 @@ class SynthCounts:
     patients: int
     encounters: int
     lab_results: int
+    access_log: int = 0
 
 
 def create_ehr_tables(engine: Engine) -> None:
@@ -175,13 +195,33 @@ def create_ehr_tables(engine: Engine) -> None:
     metadata.create_all(engine)
 
 
+def drop_tables(engine: Engine, names: list[str]) -> list[str]:
+    """Drop those of the synthetic hospital's tables that exist (a demo warehouse's reset).
+
+    Only tables this module defines can be named, so nothing else is ever dropped.
+
+    Raises:
+        ValueError: a name is not one of the synthetic hospital's tables.
+    """
+    unknown = sorted(set(names) - set(metadata.tables))
+    if unknown:
+        raise ValueError(f"not tables of the synthetic hospital: {unknown}")
+    tables = [metadata.tables[n] for n in names]
+    metadata.drop_all(engine, tables=tables, checkfirst=True)
+    return names
+
+
 def write_ehr(
-    engine: Engine, patients_n: int = 200, results_per_patient: int = 20, seed: int = 7
+    engine: Engine,
+    patients_n: int = 200,
+    results_per_patient: int = 20,
+    seed: int = 7,
+    accesses_per_patient: int = 10,
 ) -> SynthCounts:
     """Create the tables and write a seeded synthetic hospital into them (replacing rows)."""
     rng = random.Random(seed)  # noqa: S311 - reproducible test data, not security
     create_ehr_tables(engine)
-    now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    now = ANCHOR
     people, visits, results = [], [], []
     result_id = 0
     for pid in range(1, patients_n + 1):
@@ -215,13 +255,37 @@ def write_ehr(
             for _ in range(10 if results_per_patient >= 10 else results_per_patient):
                 result_id += 1
                 results.append(_result(rng, result_id, pid, eid, started))
+    log = _access_log(rng, patients_n, accesses_per_patient)
     with engine.begin() as connection:
-        for table in (lab_results, encounters, patients):
+        for table in (access_log, lab_results, encounters, patients):
             connection.execute(table.delete())
-        for table, rows in ((patients, people), (encounters, visits), (lab_results, results)):
+        for table, rows in (
+            (patients, people), (encounters, visits), (lab_results, results), (access_log, log)
+        ):  # fmt: skip
             for i in range(0, len(rows), 5_000):
                 connection.execute(insert(table), rows[i : i + 5_000])
-    return SynthCounts(len(people), len(visits), len(results))
+    return SynthCounts(len(people), len(visits), len(results), len(log))
+
+
+def _access_log(rng: random.Random, patients_n: int, per_patient: int) -> list[dict[str, object]]:
+    """Chart openings over the two years before ``ANCHOR``, keyed in time order like a log."""
+    span = 2 * 365 * 24 * 3600
+    times = sorted(
+        (ANCHOR - dt.timedelta(seconds=rng.randrange(span), microseconds=rng.randrange(10**6)),
+         rng.randrange(1, patients_n + 1))
+        for _ in range(patients_n * per_patient)
+    )  # fmt: skip
+    return [
+        {
+            "access_id": n,
+            "patient_id": pid,
+            "user_name": f"clinician{rng.randrange(25):03d}",
+            "action": rng.choice(("view",) * 8 + ("update", "print")),
+            "workstation": f"ws-{rng.randrange(40):02d}",
+            "accessed_at": at,
+        }
+        for n, (at, pid) in enumerate(times, start=1)
+    ]
 
 
 def _result(
