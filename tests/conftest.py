@@ -17,7 +17,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-for _name in [n for n in os.environ if n.startswith("CUSTODY_")]:
+_FOR_TESTS = "CUSTODY_TEST_"  # e.g. CUSTODY_TEST_PG_URL: which server the tests use
+for _name in [n for n in os.environ if n.startswith("CUSTODY_") and not n.startswith(_FOR_TESTS)]:
     del os.environ[_name]  # a developer's own settings must not leak into tests
 
 import pytest  # noqa: E402

@@ -64,67 +64,76 @@ def postgres_server() -> Iterator[str]:
     if _reachable(DEFAULT_URL):
         yield DEFAULT_URL
         return
-    initdb = _initdb()
-    if initdb is None:
-        raise RuntimeError(INSTALL_HINT)
-    with _private_cluster(Path(initdb).parent) as url:
+    _bindir()  # fails saying what to install before anything is created
+    with _private_cluster() as url:
         yield url
 
 
 @contextlib.contextmanager
-def _private_cluster(bindir: Path) -> Iterator[str]:
+def _private_cluster() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="custody-pg-"))
-    data, port = root / "data", _free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    try:
+        yield start_cluster(root)
+    finally:
+        stop_cluster(root, mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _bindir() -> Path:
+    initdb = _initdb()
+    if initdb is None:
+        raise RuntimeError(INSTALL_HINT)
+    return Path(initdb).parent
+
+
+def _as_postgres(root: Path) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the postgres user instead."""
+    if os.geteuid() != 0:
+        return []
+    shutil.chown(root, "postgres", "postgres")
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def start_cluster(root: Path, port: int | None = None) -> str:
+    """Start a trust-auth cluster kept under ``root`` on loopback; return its admin URL.
+
+    The first start runs initdb; starting again with the same root and port restarts the same
+    cluster (``infra/dev/services`` keeps one this way between sessions).
+    """
+    bindir, data = _bindir(), root / "data"
+    port = port or _free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    as_user = _as_postgres(root)
+    if not (data / "PG_VERSION").exists():
+        subprocess.run(
+            [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+             "--no-sync"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-w",
-            "-l",
-            str(root / "log"),
-            "start",
-        ],
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w",
+         "-l", str(root / "log"), "start"],
         check=True,
         capture_output=True,
-    )
-    try:
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        deadline = time.monotonic() + 30
-        while not _reachable(url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"private PostgreSQL did not start; see {root / 'log'}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    )  # fmt: skip
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    deadline = time.monotonic() + 30
+    while not _reachable(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"private PostgreSQL did not start; see {root / 'log'}")
+        time.sleep(0.2)
+    return url
+
+
+def stop_cluster(root: Path, mode: str = "fast") -> None:
+    """Stop the cluster under ``root`` (its data stay for the next start)."""
+    subprocess.run(
+        [*_as_postgres(root), str(_bindir() / "pg_ctl"), "-D", str(root / "data"), "-m", mode,
+         "stop"],
+        capture_output=True,
+    )  # fmt: skip
 
 
 class DatabaseFactory:

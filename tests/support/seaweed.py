@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -84,6 +85,23 @@ def seaweed_server(root: Path | None = None, base: int | None = None) -> Iterato
     """
     keep = root is not None
     root = root or Path(tempfile.mkdtemp(prefix="custody-s3-"))
+    base = base or pick_base()
+    server: S3Server | None = None
+    try:
+        server = launch_seaweed(root, base)
+        yield server
+    finally:
+        if server is not None:
+            stop_seaweed(server.process, base)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def launch_seaweed(root: Path, base: int) -> S3Server:
+    """Start ``weed mini`` in its own session with its data under ``root``; wait until it answers.
+
+    The server outlives this process until ``stop_seaweed``: ``infra/dev/services`` relies on it.
+    """
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(exist_ok=True)
     config = root / "s3.json"
@@ -100,7 +118,6 @@ def seaweed_server(root: Path | None = None, base: int | None = None) -> Iterato
             }
         )
     )
-    base = base or pick_base()
     args = [
         _weed(),
         f"-logdir={root / 'logs'}",
@@ -122,29 +139,54 @@ def seaweed_server(root: Path | None = None, base: int | None = None) -> Iterato
         f"-filer.localSocket={root / 'filer.sock'}",
         f"-s3.localSocket={root / 's3.sock'}",
     ]
-    log = (root / "stdout.log").open("ab")
-    process = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True
-    )
+    with (root / "stdout.log").open("ab") as log:
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True
+        )
     server = S3Server(
         f"http://127.0.0.1:{base + 3}", ACCESS_KEY, SECRET_KEY, process, root / "data"
     )
     try:
         _wait_ready(server, root)
-        yield server
-    finally:
+    except BaseException:
+        stop_seaweed(process, base)
+        raise
+    return server
+
+
+def stop_seaweed(process: subprocess.Popen[bytes] | int, base: int) -> None:
+    """Stop the server (a child process, or a pid started earlier) and remove its sockets."""
+    if isinstance(process, int):
+        _stop_pid(process)
+    else:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()
-        for port in (base, base + 1):  # gRPC sockets weed leaves in /tmp
-            for kind in ("master", "volume"):
-                with contextlib.suppress(OSError):
-                    os.unlink(f"/tmp/seaweedfs-{kind}-grpc-{port + 10_000}.sock")
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
+            process.wait()
+    for port in (base, base + 1):  # gRPC sockets weed leaves in /tmp
+        for kind in ("master", "volume"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"/tmp/seaweedfs-{kind}-grpc-{port + 10_000}.sock")
+
+
+def _stop_pid(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _exited(pid):
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (it no longer serves anything)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (ProcessLookupError, FileNotFoundError):
+        return True
 
 
 def _wait_ready(server: S3Server, root: Path) -> None:
