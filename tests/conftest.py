@@ -121,3 +121,12 @@ def _fresh_settings() -> Iterator[None]:
     yield
     reset_settings_cache()
     reset_runtime()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the long scenario tests first.
+
+    Under xdist (``infra/dev/test`` runs two workers) the longest jobs go out first, so both
+    workers finish at about the same time, instead of one idling through another's late long test.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

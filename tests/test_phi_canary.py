@@ -155,6 +155,7 @@ def own_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_phi_canaries_never_reach_prefect(
     prefect_api: str,
     pg_store: Engine,

@@ -132,6 +132,7 @@ def test_connection_dropped_before_the_delete_commits_then_the_batch_is_redone(
     _restored_exactly(ehr, before, pg_store)
 
 
+@pytest.mark.slow
 def test_disk_full_fails_batches_cleanly_and_a_rerun_with_room_converges(
     prefect_api: str, pg_store: Engine, pg_databases, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
     tmp_path: Path,

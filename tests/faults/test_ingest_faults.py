@@ -154,6 +154,7 @@ def test_connection_terminated_inside_a_file_transaction_then_the_task_retries(
     assert detected == {rid: 2 for rid in inbox.critical}
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_file_transaction_then_a_rerun_finishes(
     inbox: Inbox, pg_store: Engine, prefect_api: str
 ) -> None:

@@ -76,6 +76,7 @@ def _failed_once_then_completed(store: Engine, report_type: str) -> None:
     assert verify_chain(store, KEYRING).ok
 
 
+@pytest.mark.slow
 def test_s3_stopped_mid_run_then_restarted(
     planted: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

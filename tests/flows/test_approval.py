@@ -69,6 +69,7 @@ def ask(request: ApprovalRequest, timeout_s: int) -> str:
     return await_approval(request, timeout_s).outcome
 
 
+@pytest.mark.slow
 def test_archive_deletes_only_after_an_approver_says_yes(
     ehr: str, pg_store: Engine, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 from prefect.settings import PREFECT_API_URL
 from sqlalchemy import Engine, select
 
@@ -87,6 +88,7 @@ def _range_digest(url: str, lower: int | None, upper: int) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
+@pytest.mark.slow
 def test_a_cancelled_migration_stays_consistent_and_a_rerun_finishes_it(
     prefect_api: str,
     pg_store: Engine,

@@ -33,6 +33,7 @@ def same_content(source: Engine, target: Engine) -> bool:
     return (src.count, src.hexdigest) == (dst.count, dst.hexdigest)
 
 
+@pytest.mark.slow
 def test_copy_table_verifies_and_a_second_run_with_the_job_id_does_nothing(
     prefect_api: str,
     pg_store: Engine,
@@ -62,6 +63,7 @@ def test_copy_table_verifies_and_a_second_run_with_the_job_id_does_nothing(
     assert verify_chain(pg_store, KEYRING).ok
 
 
+@pytest.mark.slow
 def test_sigkill_halfway_then_resume_processes_each_chunk_once(
     prefect_api: str,
     pg_store: Engine,
@@ -107,6 +109,7 @@ def test_sigkill_halfway_then_resume_processes_each_chunk_once(
     assert verify_chain(pg_store, KEYRING).ok
 
 
+@pytest.mark.slow
 def test_a_job_id_is_bound_to_its_target_and_a_new_store_copies_again(
     prefect_api: str,
     pg_store: Engine,

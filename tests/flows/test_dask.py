@@ -87,6 +87,7 @@ def _chunk_tasks(stream: list[dict[str, Any]]) -> list[str]:
     return [t["worker"] for t in stream if "process_chunk" in str(t["key"])]
 
 
+@pytest.mark.slow
 def test_migration_on_dask_equals_the_thread_run(
     databases: dict[str, str],
     dask_cluster: Future[LocalCluster],

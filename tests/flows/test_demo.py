@@ -20,6 +20,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pyarrow.parquet as pq
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from sqlalchemy import Engine, select, text
@@ -85,6 +86,7 @@ async def artifact_keys_by_flow(demo_run: str) -> dict[str, set[str]]:
     return keys
 
 
+@pytest.mark.slow
 def test_demo_runs_twice_from_nothing(prefect_api: str, tmp_path: Path) -> None:
     outputs = [run_demo(tmp_path, prefect_api) for _ in (1, 2)]
 

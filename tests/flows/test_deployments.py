@@ -49,6 +49,9 @@ from tests.support.prefect_server import (
     start_shared_prefect_server,
 )
 
+# Under xdist, tests sharing the deployed loopback server run in one worker: one deploy, not two.
+pytestmark = pytest.mark.xdist_group("deployed-custody")
+
 KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
 CANARY_MRN = "MRN-DEPLOY-CANARY-7731"
 HL7 = (
@@ -122,6 +125,7 @@ def worker(
         yield deployed_custody(request, while_deploying=start_worker)
 
 
+@pytest.mark.slow
 def test_prefect_yaml_deploys_and_a_worker_runs_every_flow_from_the_api(
     hospital: dict[str, Any], worker: DeployedProject, pg_store: Engine
 ) -> None:
@@ -334,6 +338,7 @@ def test_the_pull_step_prefers_custody_project_dir_over_the_deploy_directory(
         os.chdir(here)
 
 
+@pytest.mark.slow
 def test_custody_serve_runs_a_deployment_of_prefect_yaml_in_its_own_process(
     deployed: DeployedProject, pg_store: Engine, tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ def count(store: Engine, table: object) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_every_sample_file_lands_or_is_quarantined_and_a_rerun_adds_nothing(
     prefect_api: str, pg_store: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -53,6 +53,7 @@ def src_dst(
     return src, dst
 
 
+@pytest.mark.slow
 def test_pagila_migrates_exactly_and_a_rerun_does_nothing(
     prefect_api: str,
     pg_store: Engine,
@@ -137,6 +138,7 @@ def test_a_rejected_row_fails_its_chunk_only(src_dst: tuple[str, str], pg_store:
 KILL_POINTS = [1, 4, 8, 12, 16]  # verified chunks (of 20) when each run is killed
 
 
+@pytest.mark.slow
 def test_sigkill_at_five_points_then_resume_converges(
     prefect_api: str,
     pg_store: Engine,

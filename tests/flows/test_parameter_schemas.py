@@ -163,6 +163,8 @@ BAD_RUNS = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("deployed-custody")  # shares the deployed server of test_deployments
 def test_the_server_refuses_invalid_parameters_naming_the_field(
     request: pytest.FixtureRequest,
 ) -> None:

@@ -58,6 +58,7 @@ def test_work_that_cannot_be_rebuilt_is_never_replayed() -> None:
         load_work(WorkRecipe(work="os:system", params={}, audit_prefix="x", audit_verbs=("a", "b")))
 
 
+@pytest.mark.slow
 def test_a_refused_chunk_is_replayed_after_approval(
     prefect_api: str,
     pg_store: Engine,

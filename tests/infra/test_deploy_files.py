@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+# Module-scoped fixtures are made once: keep this module in one xdist worker.
+pytestmark = pytest.mark.xdist_group("deploy-files")
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 COMPOSE = INFRA / "compose"

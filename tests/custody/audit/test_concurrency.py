@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
 from sqlalchemy import Engine, text
 
 from custody.audit import AuditLog, Keyring, verify_chain
@@ -20,6 +21,7 @@ def _append(url: str, worker: int, count: int, batch: int) -> None:
         log.log_batch(events[i : i + batch])
 
 
+@pytest.mark.slow
 def test_four_processes_25k_each_make_one_chain(store: Engine, keyring: Keyring) -> None:
     url = store.url.render_as_string(hide_password=False)
     ctx = mp.get_context("spawn")

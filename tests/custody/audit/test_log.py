@@ -25,6 +25,7 @@ def cli_verify(store: Engine) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_100k_events_verify_and_tampering_names_the_row(store: Engine, keyring: Keyring) -> None:
     log = AuditLog(store, keyring)
     events = list(phi_events(100_000))

@@ -26,6 +26,7 @@ def add(store: Engine, result_id: str, sha: str, **values: object) -> None:
         conn.execute(insert(lab_results).values(**row))
 
 
+@pytest.mark.slow
 def test_the_gate_passes_good_rows_and_names_each_broken_rule(store: Engine) -> None:
     url = store.url.render_as_string(hide_password=False)
     add(store, "r1", GOOD)

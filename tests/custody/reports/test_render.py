@@ -27,6 +27,9 @@ from custody.reports.model import Chart, Period, Report, ReportTable, ReportType
 from custody.reports.render import CSP, render, write_csv, write_html
 from tests.support import chromium
 
+# The module-scoped rendered report is made once: keep this module in one xdist worker.
+pytestmark = pytest.mark.xdist_group("render")
+
 N_ROWS = 25_000
 MAX_ROWS = 10_000
 START = datetime(2024, 5, 1, tzinfo=UTC)
@@ -382,6 +385,7 @@ def test_browser_checks_catch_requests_and_console_errors(tmp_path: Path) -> Non
     assert any("Content Security Policy" in m for m in run.console), run.console
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium_without_requests_or_errors(
     tmp_path: Path, html: str, report: Report
 ) -> None:

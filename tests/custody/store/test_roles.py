@@ -37,6 +37,9 @@ from custody.transfer.generic import CopyRangeWork
 from tests.support.audit import phi_events
 from tests.support.env import TEST_KEYS
 
+# The module-scoped roles store is set up once: keep this module in one xdist worker.
+pytestmark = pytest.mark.xdist_group("roles")
+
 ROOT = Path(__file__).resolve().parents[3]
 KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
 CRITICAL_K = (
@@ -304,6 +307,7 @@ def test_roles_on_sqlite_or_with_bad_names_fail_clearly(
     assert "must be different" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_flows_run_as_ingest_and_the_chain_verifies_as_reporting(
     granted: RoleStore, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
