@@ -25,6 +25,7 @@ from custody.migration.catalog import TableInfo, describe_table, list_tables
 from custody.migration.generic import describe_table_generic, list_tables_generic
 from custody.pgclient import libpq_dsn
 from custody.storage import ObjectStore, StorageError, open_store
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -175,7 +176,13 @@ def _orphans(database: str, store_url: str | None, prefix: str, table: str) -> l
     return sorted(o.key for o in store.list(under) if o.key not in known)
 
 
-@task(name="restore-archived-table", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="restore-archived-table",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_if_transient,  # a refused or corrupt archive fails at once
+    **_NO_CACHE,
+)
 def restore_archives(
     database: str,
     store_url: str | None,

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
@@ -27,23 +26,16 @@ from custody.chunks import (
     ChunkWork,
     JobPlan,
     JobSpec,
-    is_transient,
     plan_key_ranges,
     run_chunk,
 )
 from custody.errors import safe_error
 from custody.identifiers import reflect_table
 from custody.prefect_glue import ProgressReporter
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 CHUNK_RETRIES = 3
-
-
-def _retry_if_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
-    # Not only ChunkFailedError.transient: a lost connection to custody's own store while the
-    # ledger records the chunk reaches here as the raw driver error, and is worth a retry too.
-    error = state.data
-    return isinstance(error, BaseException) and is_transient(error)
 
 
 def _chunk_run_name() -> str:
@@ -76,7 +68,7 @@ def plan_table_chunks(spec: JobSpec, connection: str, table: str) -> JobPlan:
     retries=CHUNK_RETRIES,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_if_transient,
+    retry_condition_fn=retry_if_transient,
     # No result cache: the ledger is the durable, store-scoped record of what is done. A Prefect
     # cache hit would skip the ledger and report success for a target it cannot see.
     cache_policy=NO_CACHE,

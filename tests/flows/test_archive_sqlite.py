@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
 from sqlalchemy import Engine, select, text
 
 from custody.archive.generic import manifest_table
@@ -112,3 +116,22 @@ def test_a_text_time_column_must_hold_timestamps(ehr: Engine) -> None:
         describe_archive_table.fn("ehr", "public", "access_log", "accessed_at")
     with pytest.raises(ArchiveRefusedError, match="only its default schema"):
         describe_archive_table.fn("ehr", "hospital", "access_log", "accessed_at")
+
+
+def test_restoring_an_unknown_archive_fails_at_once_naming_it(ehr: Engine) -> None:
+    state = restore_from_archive(
+        RestoreParams(database="ehr", archive_ids=["feedface00"]), return_state=True
+    )
+    assert state.is_failed()
+    assert "no verified archive with id(s) ['feedface00']" in str(state.message), state.message
+    # A refusal is the same every time: the task is not retried (retries are for lost
+    # connections), so the user reads the error without waiting through them.
+    runs = asyncio.run(_task_runs(str(state.state_details.flow_run_id)))
+    assert [r.run_count for r in runs if r.name.startswith("restore-archived-table")] == [1]
+
+
+async def _task_runs(flow_run_id: str) -> list[TaskRun]:
+    async with get_client() as client:
+        return await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
