@@ -11,7 +11,13 @@ from prefect.cache_policies import NO_CACHE
 
 from custody.audit import AuditEvent, AuditStatus, DataClassification
 from custody.reports.model import Period, ReportType
-from custody.reports.output import new_report_id, record_failure, record_report, save_report
+from custody.reports.output import (
+    discard_report,
+    new_report_id,
+    record_failure,
+    record_report,
+    save_report,
+)
 from custody.storage import open_store
 from tasks.runtime import runtime
 
@@ -44,8 +50,13 @@ def generate_report(
             rt.store, report_type, Period(start, end), keyring=rt.audit.keyring,
             request_id=request_id, timezone=timezone, required_minutes=required_minutes,
         )  # fmt: skip
-        saved = save_report(report, open_store(destination), prefix, report_id)
-        record_report(rt.store, saved, report, regulation, rt.correlation_id)
+        store = open_store(destination)
+        saved = save_report(report, store, prefix, report_id)
+        try:
+            record_report(rt.store, saved, report, regulation, rt.correlation_id)
+        except Exception:
+            discard_report(store, saved)  # stored but unrecorded: nobody would find it
+            raise
     except Exception as exc:  # every failure is recorded, then reported
         error = type(exc).__name__
         record_failure(

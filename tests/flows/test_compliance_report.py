@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from custody.audit import Keyring, verify_chain
 from custody.reports.model import ReportType
+from custody.reports.output import SavedReport
 from custody.reports.tables import compliance_reports
 from custody.storage import open_store, sha256_hex
 from custody.store.tables import audit_log
@@ -110,6 +112,41 @@ def test_a_failing_report_type_does_not_stop_the_others(planted: Engine) -> None
         ).scalar_one()
     assert statuses == {"disclosures": "failed", "phi_access": "completed"}
     assert failed["report_type"] == "disclosures" and "DR-404" not in str(failed)
+
+
+def test_a_report_that_cannot_be_recorded_leaves_no_objects_behind(
+    planted: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.reports
+
+    real_record = tasks.reports.record_report
+
+    def refuse_phi_access(engine: Engine, saved: SavedReport, *args: object) -> None:
+        if saved.report_type == "phi_access":  # both objects are stored by now
+            assert len(list(open_store().list("reports"))) >= 2
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        real_record(engine, saved, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks.reports, "record_report", refuse_phi_access)
+    params = ReportParams(
+        regulation="HIPAA",
+        report_types=[ReportType.PHI_ACCESS, ReportType.AUDIT_INTEGRITY],
+        **OCTOBER,
+    )
+    run = compliance_report(params, return_state=True).result(raise_on_failure=False)
+    assert [(r["report_type"], r["status"]) for r in run.reports] == [
+        ("phi_access", "failed"), ("audit_integrity", "completed"),
+    ]  # fmt: skip
+    with planted.connect() as conn:
+        rows = conn.execute(select(compliance_reports)).all()
+    assert {(r.report_type, r.status) for r in rows} == {
+        ("phi_access", "failed"), ("audit_integrity", "completed"),
+    }  # fmt: skip
+    # Only the recorded report's two objects remain: no PHI that no row points to.
+    (done,) = [r for r in rows if r.status == "completed"]
+    assert sorted(o.key for o in open_store().list("reports")) == sorted(
+        [done.csv_key, done.html_key]
+    )
 
 
 def test_parameters_refuse_what_cannot_be_reported() -> None:

@@ -11,7 +11,7 @@ import contextlib
 import io
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import Engine, insert
@@ -36,6 +36,8 @@ class SavedReport:
     html_key: str
     html_sha256: str
     html_bytes: int
+    # The stored versions, so that discard_report deletes exactly what this report put.
+    objects: tuple[ObjectInfo, ...] = field(default=(), repr=False)
 
 
 def new_report_id(generated_at: datetime) -> str:
@@ -67,15 +69,30 @@ def save_report(
             saved[kind] = (key, sha256_hex(data), len(data))
     except Exception:
         # A CSV stored without its HTML would be PHI that no report row points to: take it back.
-        for info in stored:
-            with contextlib.suppress(Exception):  # the store may be down: the error says so
-                store.delete(info.key, info.version_id)
+        _delete_quietly(store, stored)
         raise
     return SavedReport(
         report_id=report_id, report_type=report.type.value, records=counter.rows,
         csv_key=saved["csv"][0], csv_sha256=saved["csv"][1], csv_bytes=saved["csv"][2],
         html_key=saved["html"][0], html_sha256=saved["html"][1], html_bytes=saved["html"][2],
+        objects=tuple(stored),
     )  # fmt: skip
+
+
+def discard_report(store: ObjectStore, saved: SavedReport) -> None:
+    """Take back a stored report that could not be recorded.
+
+    Objects that no ``compliance_reports`` row points to are PHI nobody would know to look
+    for, retain or delete. Best effort: when the store is down too, the original error is the
+    one to report.
+    """
+    _delete_quietly(store, saved.objects)
+
+
+def _delete_quietly(store: ObjectStore, objects: Iterable[ObjectInfo]) -> None:
+    for info in objects:
+        with contextlib.suppress(Exception):
+            store.delete(info.key, info.version_id)
 
 
 def record_report(
