@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from custody.audit.anchors import check_anchors, write_anchor
 from custody.storage import LockMode, open_store
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 
@@ -31,6 +32,7 @@ def check_audit_anchors(destination: str | None, prefix: str) -> dict[str, Any]:
     name="write-audit-anchor",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retry_condition_fn=retry_if_transient,
     retries=3,
     retry_delay_seconds=5,
 )

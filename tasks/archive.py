@@ -45,7 +45,13 @@ def _connect(database: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-@task(name="describe-archive-table", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="describe-archive-table",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def describe_archive_table(database: str, schema: str, table: str, time_column: str) -> TableInfo:
     """Check the table, its single-column key and its timestamp column before anything runs."""
     check_name(schema, "schema name")
@@ -95,7 +101,13 @@ def _describe_generic(engine: Engine, schema: str, table: str, time_column: str)
     return info
 
 
-@task(name="prepare-archive-manifest", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="prepare-archive-manifest",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def prepare_archive_manifest(database: str) -> None:
     """Create custody.archive_manifest in the source database if it is not there yet."""
     engine = runtime().engine(database)
@@ -106,7 +118,13 @@ def prepare_archive_manifest(database: str) -> None:
         manifest.ensure_manifest(conn)
 
 
-@task(name="plan-archive-policy", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="plan-archive-policy",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def plan_archive_policy(
     database: str,
     info: TableInfo,
@@ -129,7 +147,13 @@ def plan_archive_policy(
     )  # fmt: skip
 
 
-@task(name="plan-archive-batches", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="plan-archive-batches",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def plan_archive_batches(
     spec: JobSpec, database: str, info: TableInfo, time_column: str, cutoff: datetime
 ) -> JobPlan:
@@ -145,7 +169,13 @@ def plan_archive_batches(
     return runtime().ledger.plan(spec, ranges)
 
 
-@task(name="find-orphan-objects", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="find-orphan-objects",
+    retry_condition_fn=retry_if_transient,
+    retries=1,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def find_orphan_objects(
     database: str, store_url: str | None, prefix: str, table: str
 ) -> list[str] | None:

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from custody.audit import AuditEvent, AuditStatus, DataClassification, verify_chain
 from custody.prefect_glue import publish_run_audit
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 
@@ -16,6 +17,7 @@ from tasks.runtime import runtime
     name="audit-event",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retry_condition_fn=retry_if_transient,
     retries=2,
     retry_delay_seconds=1,
 )

@@ -47,6 +47,7 @@ def _chunk_run_name() -> str:
     name="plan-chunks",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retry_condition_fn=retry_if_transient,
     retries=2,
     retry_delay_seconds=2,
 )

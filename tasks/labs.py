@@ -17,6 +17,7 @@ from custody.labs.gating import ungated_files
 from custody.labs.ingest import CsvLayout, Format, LabIngestor
 from custody.quality import QualityResult
 from custody.storage import open_store
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -27,7 +28,13 @@ class LabSourceError(CustodyError):
     """The source names nothing that can be read; nothing was ingested."""
 
 
-@task(name="list-lab-files", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="list-lab-files",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def list_lab_files(source: str, include: list[str]) -> list[str]:
     """File references under the source: paths relative to a local root, or object keys."""
     if source.startswith(STORE_PREFIX):
@@ -49,7 +56,13 @@ def list_lab_files(source: str, include: list[str]) -> list[str]:
     )
 
 
-@task(name="ingest-lab-files", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="ingest-lab-files",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def ingest_lab_files(
     source: str,
     refs: list[str],
@@ -76,13 +89,25 @@ def ingest_lab_files(
     return reports
 
 
-@task(name="find-ungated-lab-files", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="find-ungated-lab-files",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def find_ungated_lab_files(file_shas: list[str]) -> list[str]:
     """Skipped files that an unfinished earlier run landed but never gated (hashes only)."""
     return ungated_files(runtime().store, file_shas)
 
 
-@task(name="check-lab-results", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="check-lab-results",
+    retry_condition_fn=retry_if_transient,
+    retries=1,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def check_lab_results(file_shas: list[str]) -> QualityResult:
     """The GX gate over the rows this run landed (outcome only, no values)."""
     from custody.quality.labs import check_lab_results as run_suite

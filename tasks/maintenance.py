@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from custody.audit.partitions import ensure_partitions
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 
@@ -16,6 +17,7 @@ from tasks.runtime import runtime
     name="ensure-audit-partitions",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retry_condition_fn=retry_if_transient,
     retries=2,
     retry_delay_seconds=5,
 )

@@ -25,6 +25,7 @@ from custody.migration.schema import (
 )
 from custody.quality import QualityResult, check_table
 from custody.transfer.generic import CopyRangeWork, ensure_target_table
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -49,7 +50,13 @@ def chunk_work(
     return CopyRangeWork(source, target, info.name, info.key_column or "")
 
 
-@task(name="describe-source-tables", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="describe-source-tables",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[TableInfo]:
     """The tables to migrate (all of the schema when none are named), checked and described."""
     rt = runtime()
@@ -66,7 +73,13 @@ def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[
     return [describe_table_generic(engine, name) for name in wanted]
 
 
-@task(name="prepare-target-schema", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="prepare-target-schema",
+    # pg_dump and psql report a lost connection only as text: retry whatever failed.
+    retries=1,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def prepare_target_schema(
     source: str, target: str, schema: str, tables: list[TableInfo], create_schema: bool
 ) -> str:
@@ -109,7 +122,13 @@ def _prepare_postgres_tables(
     return "created"
 
 
-@task(name="plan-table-chunks", retries=2, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="plan-table-chunks",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def plan_migration(
     spec: JobSpec, source: str, target: str, info: TableInfo, replace_existing: bool
 ) -> JobPlan:
@@ -138,7 +157,13 @@ def _has_rows(engine: Engine, info: TableInfo) -> bool:
         return c.execute(select(literal(1)).select_from(table).limit(1)).first() is not None
 
 
-@task(name="finalize-target-schema", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="finalize-target-schema",
+    # pg_dump and psql report a lost connection only as text: retry whatever failed.
+    retries=1,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def finalize_target_schema(source: str, target: str, schema: str) -> dict[str, int]:
     """Keys, indexes, foreign keys and triggers after the data; then sequences."""
     rt = runtime()
@@ -153,7 +178,13 @@ def finalize_target_schema(source: str, target: str, schema: str) -> dict[str, i
     return {"post_data_applied": applied, "sequences": sync_sequences(src, dst, schema)}
 
 
-@task(name="check-target-table", retries=1, retry_delay_seconds=2, **_NO_CACHE)
+@task(
+    name="check-target-table",
+    retry_condition_fn=retry_if_transient,
+    retries=1,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
 def check_target_table(target: str, info: TableInfo, expected_rows: int) -> QualityResult:
     """GX suite on a migrated table: row count, key unique and not null, NOT NULL columns."""
     engine = runtime().engine(target)

@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from custody.identifiers import reflect_table
 from custody.transfer.generic import ensure_target_table
+from tasks.retry import retry_if_transient
 from tasks.runtime import runtime
 
 
@@ -14,6 +15,7 @@ from tasks.runtime import runtime
     name="prepare-target-table",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retry_condition_fn=retry_if_transient,
     retries=2,
     retry_delay_seconds=2,
 )

@@ -2,7 +2,17 @@
 
 
 class CustodyError(Exception):
-    """Base class for errors raised by custody itself (not by a driver or library)."""
+    """Base class for errors raised by custody itself (not by a driver or library).
+
+    ``transient`` says the same call may succeed if simply made again (a lost connection, a
+    timeout). Tasks retry only those. An error that wraps a driver error, so as not to carry
+    its message (PHI) onward, must pass that judgement on, since it cuts the chain
+    ``is_transient`` would otherwise follow.
+    """
+
+    def __init__(self, *args: object, transient: bool = False) -> None:
+        super().__init__(*args)
+        self.transient = transient  # in __dict__, so it survives pickling (Dask, Prefect results)
 
 
 class ConfigError(CustodyError):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from custody.errors import safe_error
+from custody.archive.generic import ArchiveRestoreError
+from custody.chunks import is_transient
+from custody.errors import CustodyError, safe_error
+from custody.labs.ingest import LabStoreError
 
 SECRET_ROW = "MRN-SAFE-ERR-4242"
 
@@ -30,3 +35,24 @@ def test_postgres_errors_keep_their_sqlstate_and_drop_the_row(pg_url: str) -> No
             c.execute("INSERT INTO t VALUES (%s)", (SECRET_ROW,))
     assert SECRET_ROW in str(raised.value)  # the server's own message quotes the row...
     assert safe_error(raised.value) == "UniqueViolation (SQLSTATE 23505)"  # ...this does not
+
+
+@pytest.mark.parametrize("error_type", [LabStoreError, ArchiveRestoreError])
+def test_a_wrapped_lost_connection_is_still_retried_after_pickling(
+    pg_url: str, error_type: type[CustodyError]
+) -> None:
+    """Wrapping a driver error drops its chain (PHI), not the judgement that a retry may help.
+
+    Prefect pickles a failed task's exception (and Dask ships it between processes) before the
+    retry condition reads it, so the judgement must survive that trip.
+    """
+    with psycopg.connect(pg_url, autocommit=True) as victim, psycopg.connect(pg_url) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError) as lost:
+            victim.execute("SELECT 1")
+    with pytest.raises(psycopg.errors.UniqueViolation) as refused, psycopg.connect(pg_url) as c:
+        c.execute("CREATE TEMP TABLE t (k int PRIMARY KEY); INSERT INTO t VALUES (1), (1)")
+    for cause, expected in ((lost.value, True), (refused.value, False)):
+        wrapped = error_type(safe_error(cause), transient=is_transient(cause))
+        again = pickle.loads(pickle.dumps(wrapped))
+        assert (is_transient(again), again.__context__) == (expected, None)

@@ -60,6 +60,7 @@ from custody.archive.plan import EligibleRows
 from custody.archive.work import ArchiveVerificationError, archive_id_for, read_object
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.chunks.planner import KeyRange
+from custody.chunks.retry import is_transient
 from custody.db import UTCDateTime, utc_now, write_transaction
 from custody.errors import CustodyError
 from custody.fingerprint import Fingerprint
@@ -552,7 +553,8 @@ def restore_object(engine: Engine, store: ObjectStore, info: TableInfo, row: Man
         return _restore_rows(engine, table, info, row, data, expected)
     except DBAPIError as exc:  # its message quotes the rows: name the failure, not the data
         refused = ArchiveRestoreError(
-            f"archive {row.archive_id} could not be restored into {info.name}: {db_failure(exc)}"
+            f"archive {row.archive_id} could not be restored into {info.name}: {db_failure(exc)}",
+            transient=is_transient(exc),
         )
     raise refused  # outside the except block: no __context__ carrying the rows
 

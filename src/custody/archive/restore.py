@@ -11,6 +11,7 @@ from psycopg import sql
 from custody.archive import manifest
 from custody.archive.generic import ArchiveRestoreError
 from custody.archive.work import ArchiveVerificationError, load_into_temp, read_object
+from custody.chunks.retry import is_transient
 from custody.errors import safe_error
 from custody.migration.catalog import TableInfo
 from custody.migration.pgcopy import fingerprint
@@ -41,7 +42,8 @@ def restore_object(
         # results, not even as its __context__: raised below, outside this block.
         refused = ArchiveRestoreError(
             f"archive {row.archive_id}: table {info.name} did not take its rows back "
-            f"({safe_error(exc)}); nothing of this archive was restored"
+            f"({safe_error(exc)}); nothing of this archive was restored",
+            transient=is_transient(exc),
         )
     raise refused
 

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 from custody.audit import AuditEvent, AuditLog, AuditStatus, DataClassification, Severity
+from custody.chunks.retry import is_transient
 from custody.db import is_postgres, utc_now
 from custody.errors import CustodyError, safe_error
 from custody.labs.critical import CriticalFinding, CriticalRules
@@ -160,7 +161,8 @@ class LabIngestor:
             # persisted results, not even as its __context__: raised below, outside this block.
             refused: LabStoreError | None = LabStoreError(
                 f"file {file}: the store refused its results ({safe_error(exc)}); none of them "
-                "was stored"
+                "was stored",
+                transient=is_transient(exc),
             )
         else:
             refused = None
