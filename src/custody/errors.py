@@ -10,9 +10,12 @@ class CustodyError(Exception):
     ``is_transient`` would otherwise follow.
     """
 
-    def __init__(self, *args: object, transient: bool = False) -> None:
+    transient: bool = False  # a subclass may make its default True
+
+    def __init__(self, *args: object, transient: bool | None = None) -> None:
         super().__init__(*args)
-        self.transient = transient  # in __dict__, so it survives pickling (Dask, Prefect results)
+        if transient is not None:  # in __dict__, so it survives pickling (Dask, Prefect)
+            self.transient = transient
 
 
 class ConfigError(CustodyError):

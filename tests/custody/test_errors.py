@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from custody.archive.generic import ArchiveRestoreError
+from custody.archive.work import ArchiveVerificationError
 from custody.chunks import is_transient
 from custody.errors import CustodyError, safe_error
 from custody.labs.ingest import LabStoreError
@@ -56,3 +57,9 @@ def test_a_wrapped_lost_connection_is_still_retried_after_pickling(
         wrapped = error_type(safe_error(cause), transient=is_transient(cause))
         again = pickle.loads(pickle.dumps(wrapped))
         assert (is_transient(again), again.__context__) == (expected, None)
+
+
+def test_a_class_that_is_transient_by_default_stays_so() -> None:
+    # A corrupt archive object is marked corrupt, so the next attempt uploads afresh.
+    assert is_transient(pickle.loads(pickle.dumps(ArchiveVerificationError("rot"))))
+    assert not is_transient(ArchiveVerificationError("rot", transient=False))
