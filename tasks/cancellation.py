@@ -37,25 +37,7 @@ def audit_cancellation(job_prefix: str, audit_prefix: str) -> Hook:
     """
 
     def hook(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
-        params = flow_run.parameters.get("params") or {}
-        job_id = params.get("job_id") or f"{job_prefix}-{flow_run.id}"
-        rt = runtime()
-        rt.audit.log(
-            AuditEvent(
-                principal=rt.settings.principal,
-                action=f"{audit_prefix}.cancelled",
-                status=AuditStatus.FAILED,
-                resource_type="job",
-                resource_id=job_id,
-                correlation_id=str(flow_run.id),
-                details={
-                    "job_id": job_id,
-                    "flow": flow.name,
-                    "outcome": "cancelled",
-                    "chunks": rt.ledger.family_summary(job_id),
-                },
-            )
-        )
+        _record_end(flow, flow_run, job_prefix, f"{audit_prefix}.cancelled", "cancelled")
 
     hook.__name__ = f"audit_{audit_prefix.replace('.', '_')}_cancelled"
     return hook
@@ -74,39 +56,53 @@ def audit_failure(job_prefix: str, audit_prefix: str) -> Hook:
     """
 
     def hook(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
-        rt = runtime()
-        run_id = str(flow_run.id)
-        with rt.store.connect() as connection:
+        with runtime().store.connect() as connection:
             completed = connection.execute(
                 select(
                     exists().where(
-                        audit_log.c.correlation_id == run_id,
+                        audit_log.c.correlation_id == str(flow_run.id),
                         audit_log.c.action == f"{audit_prefix}.completed",
                     )
                 )
             ).scalar_one()
         if completed:
             return
-        params = flow_run.parameters.get("params") or {}
-        job_id = params.get("job_id") or f"{job_prefix}-{flow_run.id}"
         found = _EXCEPTION.search(state.message or "")
-        rt.audit.log(
-            AuditEvent(
-                principal=rt.settings.principal,
-                action=f"{audit_prefix}.failed",
-                status=AuditStatus.FAILED,
-                resource_type="job",
-                resource_id=job_id,
-                correlation_id=run_id,
-                details={
-                    "job_id": job_id,
-                    "flow": flow.name,
-                    "outcome": state.type.value.lower(),
-                    "error": found.group(1) if found else None,
-                    "chunks": rt.ledger.family_summary(job_id),
-                },
-            )
-        )
+        _record_end(
+            flow, flow_run, job_prefix, f"{audit_prefix}.failed", state.type.value.lower(),
+            error=found.group(1) if found else None,
+        )  # fmt: skip
 
     hook.__name__ = f"audit_{audit_prefix.replace('.', '_')}_failed"
     return hook
+
+
+def _record_end(
+    flow: Flow[Any, Any],
+    flow_run: FlowRun,
+    job_prefix: str,
+    action: str,
+    outcome: str,
+    **extra: str | None,
+) -> None:
+    """One event for a run's unplanned end, with its job's chunk counts from the ledger."""
+    params = flow_run.parameters.get("params") or {}
+    job_id = params.get("job_id") or f"{job_prefix}-{flow_run.id}"
+    rt = runtime()
+    rt.audit.log(
+        AuditEvent(
+            principal=rt.settings.principal,
+            action=action,
+            status=AuditStatus.FAILED,
+            resource_type="job",
+            resource_id=job_id,
+            correlation_id=str(flow_run.id),
+            details={
+                "job_id": job_id,
+                "flow": flow.name,
+                "outcome": outcome,
+                **extra,
+                "chunks": rt.ledger.family_summary(job_id),
+            },
+        )
+    )
