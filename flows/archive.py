@@ -23,7 +23,7 @@ from custody.audit import AuditStatus, DataClassification
 from custody.chunks import JobSpec
 from custody.prefect_glue import current_flow_run_id
 from custody.storage import LockMode, check_prefix, open_store
-from flows.params import CONNECTION, JOB_ID, SQL_NAME
+from flows.params import CONNECTION, JOB_ID, SqlName
 from tasks.approval import ApprovalRequest, await_approval
 from tasks.archive import (
     describe_archive_table,
@@ -53,14 +53,12 @@ class RetentionPolicy(BaseModel):
         description="A short name for the policy (e.g. lab_results): it names the job, the audit "
         "events and the artifacts.",
     )
-    table: str = Field(
+    table: SqlName = Field(
         title="Table",
-        pattern=SQL_NAME,
         description="Table to archive from; it needs a single-column primary key.",
     )
-    timestamp_column: str = Field(
+    timestamp_column: SqlName = Field(
         title="Timestamp column",
-        pattern=SQL_NAME,
         description="The column that dates a row (e.g. collected_at); rows before the cutoff go.",
     )
     retention_days: int | None = Field(
@@ -112,10 +110,9 @@ class ArchiveParams(BaseModel):
         description="Name of a configured connection (CUSTODY_CONNECTIONS__<NAME>), never a URL. "
         "One archival per database runs at a time.",
     )
-    schema_name: str = Field(
+    schema_name: SqlName = Field(
         default="public",
         title="Schema",
-        pattern=SQL_NAME,
         description="Schema of the tables named in the policies.",
     )
     policies: list[RetentionPolicy] = Field(
@@ -327,10 +324,9 @@ class RestoreParams(BaseModel):
         title="Archive ids",
         description="Archive ids from the archive report or custody.archive_manifest.",
     )
-    table: str | None = Field(
+    table: SqlName | None = Field(
         default=None,
         title="Or: table",
-        pattern=SQL_NAME,
         description="Restore every archive of this table (narrowed by From and Until).",
     )
     start: datetime | None = Field(

@@ -13,7 +13,7 @@ from custody.audit import AuditStatus
 from custody.chunks import BatchResult, JobSpec
 from custody.prefect_glue import current_flow_run_id, publish_batch_result
 from custody.transfer.generic import CopyRangeWork
-from flows.params import SQL_NAME, ChunkedJobParams
+from flows.params import ChunkedJobParams, SqlName
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.runners import SettingsTaskRunner
@@ -25,14 +25,12 @@ class CopyTableParams(ChunkedJobParams):
 
     model_config = ConfigDict(title="Copy a table in verified chunks", extra="forbid")
 
-    table: str = Field(
+    table: SqlName = Field(
         title="Table",
-        pattern=SQL_NAME,
         description="Table to copy; created on the target when it is missing.",
     )
-    key_column: str = Field(
+    key_column: SqlName = Field(
         title="Key column",
-        pattern=SQL_NAME,
         description="Unique integer or text column to chunk on.",
     )
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.states import Failed
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
 from custody.quality import preload as preload_quality_checks
-from flows.params import SQL_NAME, ChunkedJobParams
+from flows.params import ChunkedJobParams, SqlName
 from tasks.approval import ApprovalRequest, await_approval, tables_to_overwrite
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.cancellation import audit_cancellation, audit_failure
@@ -37,13 +37,12 @@ class MigrateParams(ChunkedJobParams):
 
     model_config = ConfigDict(title="Migrate tables between databases", extra="forbid")
 
-    schema_name: str = Field(
+    schema_name: SqlName = Field(
         default="public",
         title="Schema",
-        pattern=SQL_NAME,
         description="Schema to migrate; the target gets the same name.",
     )
-    tables: list[Annotated[str, StringConstraints(pattern=SQL_NAME)]] = Field(
+    tables: list[SqlName] = Field(
         default=[], title="Tables", description="Empty: every table of the schema."
     )
     verify: Literal["hash", "count"] = Field(

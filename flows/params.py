@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from custody.identifiers import MAX_NAME_BYTES, check_name
 
 CONNECTION = r"^[a-z][a-z0-9_]{0,62}$"
-SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
 JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,100}$"
+
+# A schema, table or column name exactly as the database has it: spaces, unicode, mixed case and
+# quotes are legal. The form refuses only what no server can hold; the flow then looks the name
+# up in the catalog and quotes it, which is what keeps hostile strings out of SQL.
+SqlName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_NAME_BYTES),
+    AfterValidator(check_name),
+]
 
 
 class ChunkedJobParams(BaseModel):

@@ -26,7 +26,7 @@ from custody.examples.export import ExportRangeWork
 from custody.identifiers import check_name
 from custody.prefect_glue import current_flow_run_id, publish_batch_result, publish_link
 from custody.storage import check_prefix, join_key
-from flows.params import CONNECTION, SQL_NAME
+from flows.params import CONNECTION, SqlName
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.examples.export import prepare_export
@@ -49,10 +49,8 @@ class ExportTableParams(BaseModel):
         pattern=CONNECTION,
         description="Name of a configured connection, never a URL.",
     )
-    table: str = Field(title="Table", pattern=SQL_NAME)
-    key_column: str = Field(
-        title="Key column", pattern=SQL_NAME, description="Unique integer or text column."
-    )
+    table: SqlName = Field(title="Table")
+    key_column: SqlName = Field(title="Key column", description="Unique integer or text column.")
     exclude_columns: list[str] = Field(
         default_factory=list,
         title="Columns left out",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from custody.identifiers import check_name
+from custody.identifiers import check_name, quote_pg
 
 # Key types keyset chunking can compare as integers or text.
 _KEY_TYPES = {"int2", "int4", "int8", "text", "varchar", "bpchar"}
@@ -105,7 +105,8 @@ def describe_table(engine: Engine, schema: str, name: str) -> TableInfo:
 def _record_hashable(connection: Connection, schema: str, name: str) -> bool:
     """Whether hash_record_extended works for this table's row type (every column hashable)."""
     probe = text(
-        f'SELECT hash_record_extended(t, 0) FROM (SELECT * FROM "{schema}"."{name}" LIMIT 1) t'
+        "SELECT hash_record_extended(t, 0) FROM "
+        f"(SELECT * FROM {quote_pg(schema)}.{quote_pg(name)} LIMIT 1) t"
     )
     try:
         with connection.begin_nested():

@@ -14,7 +14,7 @@ import subprocess
 from sqlalchemy import Engine, text
 
 from custody.errors import CustodyError
-from custody.identifiers import check_name
+from custody.identifiers import check_name, quote_pg
 from custody.pgclient import client_tool, libpq_env
 
 
@@ -146,8 +146,8 @@ def add_load_indexes(engine: Engine, schema: str, keys: dict[str, str]) -> int:
             ).first()
             if indexed is None:
                 c.exec_driver_sql(
-                    f'CREATE INDEX IF NOT EXISTS "{_load_index_name(table)}" '
-                    f'ON "{schema}"."{table}" USING brin ("{key}")'
+                    f"CREATE INDEX IF NOT EXISTS {quote_pg(_load_index_name(table))} "
+                    f"ON {quote_pg(schema)}.{quote_pg(table)} USING brin ({quote_pg(key)})"
                 )
                 added += 1
     return added
@@ -166,5 +166,5 @@ def drop_load_indexes(engine: Engine, schema: str) -> int:
         ).scalars()
         dropped = list(names)
         for name in dropped:
-            c.exec_driver_sql(f'DROP INDEX "{schema}"."{name}"')
+            c.exec_driver_sql(f"DROP INDEX {quote_pg(schema)}.{quote_pg(name)}")
     return len(dropped)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, text
 
 from custody.errors import ConfigError
-from custody.identifiers import check_name
+from custody.identifiers import check_name, quote_pg
 
 INGEST_ROLE = "custody_ingest"
 REPORTING_ROLE = "custody_reporting"
@@ -114,8 +114,8 @@ class GrantResult:
 
 
 def _q(name: str) -> str:
-    """Quote an identifier that has already passed ``check_name``."""
-    return '"' + check_name(name) + '"'
+    """Quote an identifier for PostgreSQL (embedded quotes doubled)."""
+    return quote_pg(name)
 
 
 def grant_statements(
