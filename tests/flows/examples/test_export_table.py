@@ -164,8 +164,8 @@ def test_bad_input_fails_before_anything_is_written(
 ) -> None:
     with pytest.raises(ValidationError, match="job_id"):
         params(job_id="has:colon")
-    with pytest.raises(ValidationError, match="not a plain SQL name"):
-        params(exclude_columns=["patient_id; DROP TABLE x"])
+    with pytest.raises(ValidationError, match="NUL"):
+        params(exclude_columns=["patient_id\x00"])
     ehr = get_engine(hospital["ehr"])
     with pytest.raises(InvalidIdentifierError, match="cannot be excluded"):
         exported_columns(ehr, "lab_results", "result_id", ["result_id"])
