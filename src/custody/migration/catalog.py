@@ -127,6 +127,7 @@ _REG_TYPES = frozenset({
     "regproc", "regprocedure", "regoper", "regoperator", "regclass", "regtype", "regconfig",
     "regdictionary", "regnamespace", "regrole", "regcollation",
 })  # fmt: skip
+_TEXT_COPY = _REG_TYPES | {"xml"}
 # Built-in types whose own hash function is exact (equal hash only for identical values).
 _NATIVE = frozenset({
     "int2", "int4", "int8", "bool", "date", "time", "timestamp", "timestamptz", "uuid",
@@ -134,6 +135,7 @@ _NATIVE = frozenset({
 })  # fmt: skip
 TEXT_FORM = "text"
 NATIVE_FORM = "native"
+XML_FORM = "xml"  # copied and hashed as stored (text), declaration included
 STRING_FORM = "string"  # text/varchar: their bytes if both servers share an encoding, else UTF-8
 
 
@@ -174,6 +176,8 @@ def canonical_form(connection: Connection, type_oid: int) -> tuple[str, str | No
         return (row.send, None) if element != TEXT_FORM else (TEXT_FORM, None)
     if row.typname in _NATIVE:
         return NATIVE_FORM, None
+    if row.typname == "xml":  # its output and binary forms drop an XML declaration
+        return XML_FORM, None
     if row.typname in ("text", "varchar"):
         return STRING_FORM, None
     return row.send, None
@@ -196,8 +200,11 @@ def _record_hashable(connection: Connection, schema: str, name: str) -> bool:
 def _binary_safe(row: object) -> bool:
     """Binary COPY carries type OIDs inside arrays and composites; user types differ per DB."""
     oid, typtype, category = row.oid, row.typtype, row.typcategory  # type: ignore[attr-defined]
-    if row.typname in _REG_TYPES or (category == "A" and row.typname[1:] in _REG_TYPES):  # type: ignore[attr-defined]
-        return False  # binary COPY would carry the source's OIDs: text carries names
+    name = row.typname  # type: ignore[attr-defined]
+    if name in _TEXT_COPY or (category == "A" and name[1:] in _TEXT_COPY):
+        # reg*: binary COPY would carry the source's OIDs, text carries names; xml: its binary
+        # form drops the XML declaration.
+        return False
     if oid < _FIRST_USER_OID or typtype == "e":
         return True
     if typtype == "d":

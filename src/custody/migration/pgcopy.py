@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL
 
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.db import get_engine
-from custody.migration.catalog import NATIVE_FORM, STRING_FORM, TEXT_FORM, TableInfo
+from custody.migration.catalog import NATIVE_FORM, STRING_FORM, TEXT_FORM, XML_FORM, TableInfo
 from custody.pgclient import has_client_tool, libpq_dsn, psql_copy_out, rechunk
 from custody.settings import get_settings
 
@@ -83,6 +83,24 @@ def select_columns(
     )
 
 
+def copy_out_query(info: TableInfo, where: sql.Composable) -> sql.Composed:
+    """``select_columns`` as COPY should read it: xml as stored, declaration included.
+
+    xml's output function (and its binary form) leaves out an ``<?xml version="1.0"?>``
+    declaration; its text cast does not, and the target's xml input keeps what it is given.
+    """
+    forms = dict(zip(info.hash_columns, info.canonical, strict=True))
+    cols = [
+        sql.SQL("{c}::pg_catalog.text AS {c}").format(c=sql.Identifier(c))
+        if forms.get(c) == XML_FORM
+        else sql.Identifier(c)
+        for c in info.columns
+    ]
+    return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
+        cols=sql.SQL(", ").join(cols), table=sql.Identifier(info.schema, info.name), where=where
+    )
+
+
 # Named so that no column can shadow it: columns are referenced as custody_fp_row."name".
 _ROW_ALIAS = sql.Identifier("custody_fp_row")
 
@@ -101,7 +119,7 @@ def canonical_digest(info: TableInfo, *, same_encoding: bool = False) -> sql.Com
             parts.append(ref)
         elif form == STRING_FORM and same_encoding:
             parts.append(sql.SQL('{} COLLATE "C"').format(ref))
-        elif form in (TEXT_FORM, STRING_FORM):
+        elif form in (TEXT_FORM, STRING_FORM, XML_FORM):
             parts.append(sql.SQL("pg_catalog.textsend(({})::pg_catalog.text)").format(ref))
         else:
             parts.append(sql.SQL("{}({})").format(sql.Identifier("pg_catalog", form), ref))
@@ -268,7 +286,7 @@ class PgRangeCopy:
         src_url = get_engine(settings.connection_url(self.source)).url
         dst_url = get_engine(settings.connection_url(self.target)).url
         where = chunk_range(self.info, chunk)
-        query = select_columns(self.info, where)
+        query = copy_out_query(self.info, where)
         fmt = sql.SQL("(FORMAT BINARY)" if self.info.binary_safe else "")
         with (
             psycopg.connect(libpq_dsn(src_url)) as src,
