@@ -158,11 +158,12 @@ def mutate_one(
             ).format(r=rel, c=col)
         )
         changed = conn.execute(
-            sql.SQL("UPDATE ONLY {r} AS x SET {c} = {e} WHERE ctid = {p}").format(
-                r=rel, c=col, e=expr, p=pick
-            )
+            sql.SQL(
+                "UPDATE ONLY {r} AS x SET {c} = {e} WHERE ctid = {p} "
+                "AND ({c})::text IS DISTINCT FROM ({e})::text"  # a real change, not a no-op
+            ).format(r=rel, c=col, e=expr, p=pick)
         ).rowcount
-        assert changed == 1, f"nothing to mutate in {schema}.{table}"
+        assert changed == 1, f"no value of {schema}.{table}.{column} changed"
 
 
 def reverify(

@@ -139,4 +139,8 @@ def publish_result(result: MigrationResult) -> None:
     notes = [f"{t.table}.{n}" for t in result.tables for n in t.notes]
     if notes:
         lines += ["", "## Not compared byte for byte", "", *[f"- {n}" for n in notes[:200]]]
+    gx_notes = [f"{t.table}.{n}" for t in result.tables if t.quality for n in t.quality.notes]
+    if gx_notes:
+        lines += ["", "## Quality checks on a column's text form", "",
+                  *[f"- {n}" for n in gx_notes[:200]]]  # fmt: skip
     publish_markdown(f"migration-report-{result.job_id}", "\n".join(lines))

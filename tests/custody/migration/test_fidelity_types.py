@@ -532,3 +532,20 @@ def test_migrates_exactly_and_a_changed_value_is_caught(
     assert differences(databases[source], databases[target], schema) != []
     mismatched = reverify(source, target, schema, case.table, store=pg_store, job_id=job)
     assert len(mismatched) == 1, mismatched
+
+
+def test_text_the_target_encoding_cannot_hold_fails_its_chunk_and_writes_nothing(
+    databases: dict[str, str], pg_store: Engine
+) -> None:
+    """'€' has no LATIN1 form: the chunk fails saying so, and the target keeps no row of it."""
+    schema = "fid_refused_euro"
+    with psycopg.connect(databases["src"], autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text); "
+            f"INSERT INTO {schema}.t VALUES (1, 'café'), (2, '5 €')"
+        )
+    with pytest.raises(psycopg.errors.UntranslatableCharacter, match="LATIN1"):
+        migrate("src", "dst_latin1", schema, "fid-refused-euro")
+    with psycopg.connect(databases["dst_latin1"]) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {schema}.t").fetchone() == (0,)
