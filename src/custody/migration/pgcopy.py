@@ -157,9 +157,11 @@ def table_fingerprint(
 
 # hash_record_extended hashes each column with its type's own 64-bit hash, without rendering
 # values as text (4x cheaper); types without a hash function fall back to hashing the row text.
+# ROW(r.*), not r: a column named like the alias would shadow a bare r, and the "row" hash
+# would cover that column only. Same hash as before for every other table (archives use these).
 _ROW_HASH = {
-    "record": sql.SQL("COALESCE(sum(hash_record_extended(t, 0)), 0)::text"),
-    "text": sql.SQL("COALESCE(sum(hashtextextended(t::text, 0)), 0)::text"),
+    "record": sql.SQL("COALESCE(sum(hash_record_extended(ROW(r.*), 0)), 0)::text"),
+    "text": sql.SQL("COALESCE(sum(hashtextextended(ROW(r.*)::text, 0)), 0)::text"),
     "count": sql.SQL("'-'"),
 }
 
@@ -169,7 +171,7 @@ def fingerprint(
 ) -> tuple[int, str]:
     """Count and order-independent hash (sum of 64-bit row hashes) computed by the server."""
     digest = _ROW_HASH[method]
-    cursor.execute(sql.SQL("SELECT count(*), {d} FROM ({q}) t").format(d=digest, q=query))
+    cursor.execute(sql.SQL("SELECT count(*), {d} FROM ({q}) r").format(d=digest, q=query))
     row = cursor.fetchone()
     assert row is not None
     return int(str(row[0])), str(row[1])
@@ -185,7 +187,7 @@ def fingerprint_returning(
     """
     digest = _ROW_HASH[method]
     cursor.execute(
-        sql.SQL("WITH t AS ({q}) SELECT count(*), {d} FROM t").format(d=digest, q=statement)
+        sql.SQL("WITH r AS ({q}) SELECT count(*), {d} FROM r").format(d=digest, q=statement)
     )
     row = cursor.fetchone()
     assert row is not None
