@@ -207,10 +207,10 @@ def user_triggers(conn: psycopg.Connection[Any], relid: int, table: str) -> tupl
         "  pg_has_role(c.relowner, 'MEMBER') "
         "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE t.tgrelid IN (SELECT relid FROM pg_partition_tree(%s::regclass)) "
+        "WHERE (t.tgrelid = %s OR t.tgrelid IN (SELECT relid FROM pg_partition_tree(%s))) "
         "AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgtype & %s <> 0 "
         "ORDER BY c.relname, t.tgname",
-        (relid, _INSERT | _DELETE),
+        (relid, relid, _INSERT | _DELETE),
     ).fetchall()
     refused = [f"{r[1]}.{r[2]}" for r in rows if not r[4]]
     if refused:

@@ -42,7 +42,7 @@ from custody.archive.columns import (
 )
 from custody.chunks.models import Chunk, ChunkOutcome
 from custody.db import get_engine, is_postgres
-from custody.errors import CustodyError
+from custody.errors import CustodyError, safe_error
 from custody.migration.catalog import TableInfo
 from custody.migration.pgcopy import key_range
 from custody.pgclient import libpq_dsn
@@ -244,7 +244,7 @@ class ArchiveRangeWork:
             where = self._where(chunk)
             with conn.transaction():
                 conn.execute(SESSION_SETTINGS)
-                back = load_into_temp(conn, columns, table, READBACK)
+                back = _load_back(conn, columns, table, row)
                 cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
                 if self.delete_source:  # delete and fingerprint in one pass; undone on mismatch
                     check_references(conn, source, where)
@@ -351,6 +351,20 @@ def load_into_temp(
     )
     write_arrow(conn, table, sql.Identifier(name))
     return fingerprint(conn, columns, sql.SQL("{tmp} t").format(tmp=sql.Identifier(name)))
+
+
+def _load_back(
+    conn: psycopg.Connection[Any], columns: list[ArchiveColumn], table: pa.Table, row: Any
+) -> tuple[int, str]:
+    """Load the object into the read-back table; values PostgreSQL refuses make it corrupt."""
+    try:
+        return load_into_temp(conn, columns, table, READBACK)
+    except psycopg.DataError as exc:  # its message quotes the value: not chained
+        failed = ArchiveVerificationError(
+            f"object {row.object_key} of archive {row.archive_id} holds values its columns' "
+            f"types refuse ({safe_error(exc)})"
+        )
+    raise failed
 
 
 def _parquet(table: pa.Table) -> bytes:
