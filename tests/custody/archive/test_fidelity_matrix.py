@@ -665,14 +665,23 @@ def digests(url: str, prefix: str) -> dict[str, Any]:
                     (f'"{name}"',),
                 )
             ]
-            per_column = {}
-            for column in columns:
-                col = '"' + column.replace('"', '""') + '"'
-                text = _copy(conn, f"COPY (SELECT {col}::text FROM {source} t {order}) TO STDOUT")
-                binary = _copy(
-                    conn, f"COPY (SELECT {col} FROM {source} t {order}) TO STDOUT (FORMAT BINARY)"
+            quoted = ['"' + c.replace('"', '""') + '"' for c in columns]
+            texts = ", ".join(f"{c}::text" for c in quoted)
+            text = _copy(conn, f"COPY (SELECT {texts} FROM {source} t {order}) TO STDOUT")
+            binary = _copy(
+                conn,
+                f"COPY (SELECT {', '.join(quoted)} FROM {source} t {order}) TO STDOUT "
+                "(FORMAT BINARY)",
+            )
+            per_column = {
+                column: (
+                    hashlib.sha256(
+                        b"\n".join(line.split(b"\t")[i] for line in text.splitlines())
+                    ).hexdigest(),
+                    hashlib.sha256(b"|".join(_binary_fields(binary, i))).hexdigest(),
                 )
-                per_column[column] = (text, binary)
+                for i, column in enumerate(columns)
+            }
             out[name] = (row, per_column)
         out["_triggers"] = conn.execute(
             "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger "
@@ -682,12 +691,26 @@ def digests(url: str, prefix: str) -> dict[str, Any]:
     return out
 
 
-def _copy(conn: psycopg.Connection[Any], statement: str) -> str:
-    digest = hashlib.sha256()
+def _copy(conn: psycopg.Connection[Any], statement: str) -> bytes:
     with conn.cursor().copy(statement) as copy:
-        for block in copy:
-            digest.update(block)
-    return digest.hexdigest()
+        return b"".join(bytes(block) for block in copy)
+
+
+def _binary_fields(data: bytes, column: int) -> Iterator[bytes]:
+    """One column's fields from COPY BINARY output: (length, bytes) per row, NULL as -1."""
+    at = 11 + 4 + 4 + int.from_bytes(data[15:19], "big")  # signature, flags, header extension
+    while True:
+        count = int.from_bytes(data[at : at + 2], "big", signed=True)
+        at += 2
+        if count == -1:
+            return
+        for index in range(count):
+            size = int.from_bytes(data[at : at + 4], "big", signed=True)
+            at += 4
+            value = data[at : at + max(size, 0)]
+            at += max(size, 0)
+            if index == column:
+                yield size.to_bytes(4, "big", signed=True) + value
 
 
 def expected_values(
