@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +88,12 @@ def with_metadata(
         })
         for c in columns
     ]  # fmt: skip
+    described = [
+        {"name": c.name, "pg_type": c.pg_type, "stored_as": stored[c.name]} for c in columns
+    ]
     schema = pa.schema(fields, metadata={
         "custody.archive_format": FORMAT_VERSION,
+        "custody.columns": json.dumps(described, ensure_ascii=False),
         "custody.text_form": "PostgreSQL output with client_encoding=UTF8, TimeZone=UTC, "
         "DateStyle=ISO, IntervalStyle=postgres, extra_float_digits=1, bytea_output=hex, "
         "lc_monetary=C; xml as stored (declaration kept); reg* as OIDs",

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 from sqlalchemy.engine import URL
@@ -109,10 +110,13 @@ class ArchiveRangeWork:
             row = manifest.load(conn, archive_id)
             if row is not None and row.status == "verified" and row.content_hash is not None:
                 return _outcome(row, row.content_hash)
+            checked = self._checked(conn)  # once per attempt: upload and verification share it
             if row is None or row.status == "corrupt":
                 # After a failed read-back the stored bytes are suspect even when the store
                 # still reports the checksum it recorded at upload: always upload afresh then.
-                row = self._upload(conn, url, store, chunk, archive_id, reuse=row is None)
+                row = self._upload(
+                    conn, url, store, chunk, archive_id, reuse=row is None, checked=checked
+                )
                 if row is None:  # nothing eligible left in the range
                     return ChunkOutcome(
                         source_count=0,
@@ -122,11 +126,11 @@ class ArchiveRangeWork:
                         details={"archive_id": archive_id, "rows": 0},
                     )
             try:
-                return self._verify_and_delete(conn, store, row, chunk)
+                return self._verify_and_delete(conn, store, row, chunk, checked)
             finally:
                 pa.default_memory_pool().release_unused()
 
-    def _table(self, conn: psycopg.Connection[Any]) -> ArchiveTable:
+    def _checked(self, conn: psycopg.Connection[Any]) -> ArchiveTable:
         """The table's checks, made again by every batch: it may have changed since the plan."""
         return inspect_table(
             conn, self.info.schema, self.info.name, self.time_column, self.archived_together
@@ -148,15 +152,18 @@ class ArchiveRangeWork:
         archive_id: str,
         *,
         reuse: bool,
+        checked: ArchiveTable | None = None,
     ) -> manifest.ManifestRow | None:
-        source = self._table(conn)
+        source = checked or self._checked(conn)
         columns = list(source.columns)
         with conn.transaction():  # one snapshot for the rows and their time range
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             table = read_arrow(conn, url, columns, source.source, self._where(chunk))
             if table.num_rows == 0:
                 return None
-            time_min, time_max = _time_range(conn, source, self.time_column, self._where(chunk))
+            time_min, time_max = _time_range(
+                conn, table, source, self.time_column, self._where(chunk)
+            )
         data = _parquet(table)
         stored, retention = self.put_object(store, archive_id, data, time_min, time_max, reuse)
         row = manifest.ManifestRow(
@@ -231,11 +238,12 @@ class ArchiveRangeWork:
         store: ObjectStore,
         row: manifest.ManifestRow,
         chunk: Chunk,
+        checked: ArchiveTable,
     ) -> ChunkOutcome:
         try:
             table = read_object(store, row)
             columns = manifest_columns(row)
-            source = self._table(conn)
+            source = checked
             if list(source.columns) != columns:
                 raise ArchiveVerificationError(
                     f"table {self.info.name} changed shape since archive {row.archive_id} was "
@@ -374,12 +382,26 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 def _time_range(
-    conn: psycopg.Connection[Any], table: ArchiveTable, column: str, where: sql.Composable
+    conn: psycopg.Connection[Any],
+    rows: pa.Table,
+    table: ArchiveTable,
+    column: str,
+    where: sql.Composable,
 ) -> tuple[datetime, datetime]:
     """Oldest and newest value of the batch's time column, as UTC instants within 1..9999 AD.
 
-    For the object key and its retention only: -infinity and BC times count as year 1.
+    For the object key and its retention only: -infinity and BC times count as year 1. From
+    the Arrow column when it holds timestamps (no second scan), else from the server, in the
+    same snapshot.
     """
+    field = rows.schema.field(column)
+    if pa.types.is_timestamp(field.type) and rows.column(column).null_count == 0:
+        micros = pc.min_max(rows.column(column).cast(pa.timestamp("us")).cast(pa.int64())).as_py()
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        return (
+            epoch + timedelta(microseconds=micros["min"]),
+            epoch + timedelta(microseconds=micros["max"]),
+        )
     clamp = "GREATEST(LEAST({f}({c})::timestamptz, '9999-12-31 00:00+00'), '0001-01-01 00:00+00')"
     found = conn.execute(
         sql.SQL("SELECT " + clamp.replace("{f}", "min") + ", " + clamp.replace("{f}", "max")
