@@ -231,7 +231,10 @@ def restore_archives(
             missing = sorted(set(archive_ids) - {r.archive_id for r in rows})
             raise ArchiveRefusedError(f"no verified archive with id(s) {missing}")
         for row in rows:
-            inserted += restore_object(conn, store, row)
+            legacy = None
+            if row.hash_method is None:  # archived before canonical hashing
+                legacy = describe_table(engine, row.schema_name, row.table_name)
+            inserted += restore_object(conn, store, row, legacy)
             restored += 1
     return {"objects": restored, "rows_inserted": inserted}
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from custody.archive import manifest
+from custody.archive.arrow_io import write_arrow
 from custody.archive.checks import (
     ArchiveRefusedError,
     ArchiveTable,
@@ -40,13 +41,18 @@ from custody.archive.work import (
 )
 from custody.chunks.retry import is_transient
 from custody.errors import safe_error
+from custody.migration.catalog import TableInfo
+from custody.migration.pgcopy import fingerprint as pg_fingerprint
 from custody.storage import ObjectStore
 
 RESTORE = "custody_restore"
 
 
 def restore_object(
-    conn: psycopg.Connection[Any], store: ObjectStore, row: manifest.ManifestRow
+    conn: psycopg.Connection[Any],
+    store: ObjectStore,
+    row: manifest.ManifestRow,
+    legacy: TableInfo | None = None,
 ) -> int:
     """Restore one archived object into its table; returns the rows inserted (0 when present).
 
@@ -60,6 +66,8 @@ def restore_object(
     where = f"archive {row.archive_id} (object {row.object_key}) was not restored into table "
     where += f"{row.table_name!r}"
     try:
+        if row.hash_method is None and legacy is not None:
+            return _restore_legacy(conn, legacy, row, read_object(store, row))
         if row.hash_method != HASH_METHOD:
             raise ArchiveRestoreError(
                 f"{where}: its manifest row has hash method {row.hash_method!r}, not "
@@ -119,6 +127,50 @@ def _restore_verified(
                 "there that differ, or values a generated column or the table changed)"
             )
         conn.execute(
+            "UPDATE custody.archive_manifest SET restored_at = now() WHERE archive_id = %s",
+            (row.archive_id,),
+        )
+    return max(inserted, 0)
+
+
+def _restore_legacy(
+    conn: psycopg.Connection[Any], info: TableInfo, row: manifest.ManifestRow, data: pa.Table
+) -> int:
+    """An archive written before canonical hashing (no ``hash_method``): checked as it was then.
+
+    Its content hash is ``hash_record_extended`` (or the row text) over the table's columns of
+    the time, so the live table's shape stands in for the unrecorded one.
+    """
+    expected = (row.row_count, row.content_hash)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in info.columns)
+    target = sql.Identifier(info.schema, info.name)
+    with conn.transaction(), conn.cursor() as cur:
+        conn.execute(SESSION_SETTINGS)
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {tmp} (LIKE {t}) ON COMMIT DROP").format(
+                tmp=sql.Identifier(RESTORE), t=target
+            )
+        )
+        write_arrow(conn, data, sql.Identifier(RESTORE))
+        loaded = pg_fingerprint(
+            cur, sql.SQL("SELECT {c} FROM {tmp}").format(c=columns, tmp=sql.Identifier(RESTORE)),
+            method=info.hash_method,
+        )  # fmt: skip
+        if loaded != expected:
+            raise ArchiveVerificationError("its rows do not hash to the manifest's content hash")
+        cur.execute(
+            sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {tmp} ON CONFLICT DO NOTHING").format(
+                t=target, c=columns, tmp=sql.Identifier(RESTORE)
+            )
+        )
+        inserted = cur.rowcount
+        key = sql.Identifier(row.key_column)
+        present = sql.SQL("SELECT {c} FROM {t} WHERE {k} IN (SELECT {k} FROM {tmp})").format(
+            c=columns, t=target, k=key, tmp=sql.Identifier(RESTORE)
+        )
+        if pg_fingerprint(cur, present, method=info.hash_method) != expected:
+            raise ArchiveVerificationError("after the insert the table holds other rows")
+        cur.execute(
             "UPDATE custody.archive_manifest SET restored_at = now() WHERE archive_id = %s",
             (row.archive_id,),
         )
