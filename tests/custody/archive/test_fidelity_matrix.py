@@ -30,6 +30,7 @@ import pytest
 
 from custody.archive import manifest
 from custody.archive.checks import ArchiveRefusedError, inspect_table
+from custody.archive.generic import ArchiveRestoreError
 from custody.archive.plan import plan_eligible_ranges
 from custody.archive.restore import restore_object
 from custody.archive.work import (
@@ -973,3 +974,43 @@ def _status(url: str, archive_id: str) -> str:
             "SELECT status FROM custody.archive_manifest WHERE archive_id = %s", (archive_id,)
         ).fetchone()
     return str(row[0]) if row else ""
+
+
+def test_restore_proves_itself_and_leaves_the_table_as_it_was(matrix: Matrix) -> None:
+    """A changed object, a changed table, a row squatting on an archived key: each refused."""
+    url, prefix = matrix.urls["fid"], "f_restore_proof"
+    table = f"{prefix}_t"
+    case = Case("restore_proof", typed("text", "'a'", "'b'", "'c'"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(case.setup.replace("{t}", f'"{table}"'))
+    before = digests(url, prefix)
+    work, chunks = _plan("fid", url, table, case, ())
+    assert all(work(chunk).verified for chunk in chunks)
+    archived = digests(url, prefix)
+    store = open_store()
+    with connect(_sqlalchemy_url(url)) as conn:
+        [row] = manifest.find(conn, table=table)
+        data = pq.read_table(io.BytesIO(store.get(row.object_key, row.version_id)))
+        sink = io.BytesIO()
+        pq.write_table(mutate(data, row.key_column), sink)
+        changed = store.put(row.object_key, sink.getvalue())
+        forged = manifest.ManifestRow(**{
+            **row.__dict__, "sha256": changed.sha256 or "", "version_id": changed.version_id,
+        })  # fmt: skip
+        with pytest.raises(ArchiveRestoreError, match=f"archive {row.archive_id} .*do not hash"):
+            restore_object(conn, store, forged)
+        assert digests(url, prefix) == archived
+
+        conn.execute(f"INSERT INTO \"{table}\" VALUES (1, '2026-01-02', 'squatter')")
+        squatted = digests(url, prefix)
+        with pytest.raises(ArchiveRestoreError, match="holds other rows under its keys"):
+            restore_object(conn, store, row)
+        assert digests(url, prefix) == squatted  # one transaction: nothing else went in
+        conn.execute(f'DELETE FROM "{table}" WHERE id = 1')
+
+        conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN v TYPE varchar(10)')
+        with pytest.raises(ArchiveRestoreError, match="column 'v' is now character varying"):
+            restore_object(conn, store, row)
+        conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN v TYPE text')
+        assert restore_object(conn, store, row) == row.row_count
+    assert digests(url, prefix) == before
