@@ -216,10 +216,12 @@ def archive_to_s3(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]
 def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
     """The archival itself (inside the flow run, under the database's limit)."""
     job_id = params.job_id or f"archive-{current_flow_run_id() or 'local'}"
+    tables = tuple(p.table for p in params.policies)
     infos = [
-        describe_archive_table(params.database, params.schema_name, p.table, p.timestamp_column)
+        describe_archive_table(params.database, params.schema_name, p.table, p.timestamp_column,
+                               tuple(t for t in tables if t != p.table))
         for p in params.policies
-    ]
+    ]  # fmt: skip
     if params.dry_run or (params.require_approval and params.delete_source):
         plans = [
             plan_archive_policy(params.database, info, p.timestamp_column, p.cutoff_time(),
@@ -264,6 +266,7 @@ def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
             target=ArchiveTarget(target.store_url, target.prefix, target.lock,
                                  policy.keep_archived_days),
             delete_source=params.delete_source,
+            archived_together=tuple(t for t in tables if t != info.name),
         )  # fmt: skip
         batch = run_chunks(
             plan, work, max_concurrency=params.max_concurrency,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -14,12 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
 from custody.archive import generic, manifest
+from custody.archive.checks import ArchiveRefusedError, inspect_table
+from custody.archive.columns import SESSION_SETTINGS
 from custody.archive.plan import count_eligible, plan_eligible_ranges
 from custody.archive.report import PolicyPlan
 from custody.archive.restore import restore_object
 from custody.chunks import JobPlan, JobSpec
 from custody.db import is_postgres
-from custody.errors import CustodyError
 from custody.identifiers import check_name
 from custody.migration.catalog import TableInfo, describe_table, list_tables
 from custody.migration.generic import describe_table_generic, list_tables_generic
@@ -31,8 +33,7 @@ from tasks.runtime import runtime
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
-class ArchiveRefusedError(CustodyError):
-    """The archive cannot run as asked; nothing was touched."""
+__all__ = ["ArchiveRefusedError"]
 
 
 @contextmanager
@@ -40,8 +41,8 @@ def _connect(database: str) -> Iterator[psycopg.Connection[Any]]:
     engine = runtime().engine(database)
     if not is_postgres(engine):
         raise ArchiveRefusedError(f"connection {database!r}: archival needs PostgreSQL")
-    with psycopg.connect(libpq_dsn(engine.url), autocommit=True) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
+    with psycopg.connect(libpq_dsn(engine.url), autocommit=True, client_encoding="UTF8") as conn:
+        conn.execute(SESSION_SETTINGS.replace("SET LOCAL", "SET"))
         yield conn
 
 
@@ -52,8 +53,18 @@ def _connect(database: str) -> Iterator[psycopg.Connection[Any]]:
     retry_delay_seconds=2,
     **_NO_CACHE,
 )
-def describe_archive_table(database: str, schema: str, table: str, time_column: str) -> TableInfo:
-    """Check the table, its single-column key and its timestamp column before anything runs."""
+def describe_archive_table(
+    database: str,
+    schema: str,
+    table: str,
+    time_column: str,
+    archived_together: tuple[str, ...] = (),
+) -> TableInfo:
+    """Check the table, its key, its columns, keys into it and its triggers before anything runs.
+
+    ``archived_together``: the other tables of this run (foreign keys from them may cascade;
+    each batch then proves there is nothing left to cascade to).
+    """
     check_name(schema, "schema name")
     check_name(table, "table name")
     check_name(time_column, "column name")
@@ -62,23 +73,10 @@ def describe_archive_table(database: str, schema: str, table: str, time_column: 
         return _describe_generic(engine, schema, table, time_column)
     if table not in list_tables(engine, schema):
         raise ArchiveRefusedError(f"table {table!r} is not a table of schema {schema!r}")
-    info = describe_table(engine, schema, table)
-    if info.key_column is None or len(info.primary_key) != 1:
-        raise ArchiveRefusedError(
-            f"table {table!r} needs a single-column primary key to be archived in batches"
-        )
     with _connect(database) as conn:
-        kind = conn.execute(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-            "format('%%I.%%I', %s::text, %s::text)::regclass AND attname = %s AND attnum > 0",
-            (schema, table, time_column),
-        ).fetchone()
-    if kind is None or not str(kind[0]).startswith("timestamp"):
-        raise ArchiveRefusedError(
-            f"column {time_column!r} of {table!r} must exist and be a timestamp (got "
-            f"{None if kind is None else kind[0]!r})"
-        )
-    return info
+        checked = inspect_table(conn, schema, table, time_column, archived_together)
+    info = describe_table(engine, schema, table)
+    return replace(info, key_column=checked.key_column, primary_key=(checked.key_column,))
 
 
 def _describe_generic(engine: Engine, schema: str, table: str, time_column: str) -> TableInfo:
@@ -232,11 +230,11 @@ def restore_archives(
         if archive_ids and len(rows) != len(set(archive_ids)):
             missing = sorted(set(archive_ids) - {r.archive_id for r in rows})
             raise ArchiveRefusedError(f"no verified archive with id(s) {missing}")
-        infos: dict[str, TableInfo] = {}
         for row in rows:
-            if row.table_name not in infos:
-                infos[row.table_name] = describe_table(engine, row.schema_name, row.table_name)
-            inserted += restore_object(conn, store, infos[row.table_name], row)
+            legacy = None
+            if row.hash_method is None:  # archived before canonical hashing
+                legacy = describe_table(engine, row.schema_name, row.table_name)
+            inserted += restore_object(conn, store, row, legacy)
             restored += 1
     return {"objects": restored, "rows_inserted": inserted}
 

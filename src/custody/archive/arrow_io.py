@@ -1,19 +1,22 @@
-"""PostgreSQL rows to Arrow and back through COPY CSV, typed from the catalog.
+"""PostgreSQL rows to Arrow and back through COPY CSV, typed from the archive's column list.
 
 The C parsers on both ends (PostgreSQL's COPY, Arrow's CSV reader and writer) do the work, so
 rows never become Python objects. Types with an exact Arrow counterpart keep it (integers,
-numeric(p,s) as decimal128, timestamps, dates, booleans, floats, text); every other type travels
-in PostgreSQL's own text form and is parsed back by PostgreSQL on restore. Whether a round trip
-is exact is not assumed: every archived batch is loaded back and compared by content hash.
+floats, booleans, numeric(p,s) as decimal128 where 0 <= s <= p <= 38, dates, timestamps); every
+other type travels in PostgreSQL's own exact text form (see ``custody.archive.columns``) and is
+parsed back by PostgreSQL on restore. A batch holding a value Arrow cannot represent (infinity,
+a BC or after-9999 date or timestamp, a NaN in a numeric(p,s)) keeps that column as text in that
+object; each field's metadata says which form it holds. Whether a round trip is exact is never
+assumed: every archived batch is loaded back and compared by its canonical hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pyarrow as pa
@@ -22,90 +25,133 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from custody.migration.pgcopy import SESSION_SETTINGS, copy_out_blocks
-from custody.pgclient import rechunk
+from custody.archive.columns import SESSION_SETTINGS, ArchiveColumn, is_fallible
+from custody.pgclient import has_client_tool, psql_copy_out, rechunk
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-
-@dataclass(frozen=True)
-class ColumnType:
-    """One column: its PostgreSQL type as the catalog prints it and its Arrow type."""
-
-    name: str
-    pg_type: str
-
-    @property
-    def arrow(self) -> pa.DataType:
-        """Arrow type of the column in the Parquet object."""
-        exact = _EXACT.get(self.pg_type)
-        if exact is not None:
-            return exact
-        numeric = re.fullmatch(r"numeric\((\d+),(\d+)\)", self.pg_type)
-        if numeric and int(numeric[1]) <= 38:
-            return pa.decimal128(int(numeric[1]), int(numeric[2]))
-        return pa.string()
-
-
-_EXACT: dict[str, pa.DataType] = {
-    "smallint": pa.int16(),
-    "integer": pa.int32(),
-    "bigint": pa.int64(),
-    "real": pa.float32(),
-    "double precision": pa.float64(),
-    "boolean": pa.bool_(),
-    "date": pa.date32(),
-    "text": pa.string(),
-    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
-    "timestamp without time zone": pa.timestamp("us"),
-}
-
-
-def column_types(
-    conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str
-) -> list[ColumnType]:
-    """The table's columns in order, with ``format_type`` names (domains resolved to theirs)."""
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass "
-        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (schema, table),
-    ).fetchall()
-    return [ColumnType(str(name), str(pg_type)) for name, pg_type in rows]
+FORMAT_VERSION = "2"
+# Arrow's CSV reader drops a UTF-8 byte order mark at the start of its input: the stream gets
+# a first line of its own, skipped, so a BOM at the start of the first value is data.
+_LEAD = b"custody\n"
 
 
 def read_arrow(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: psycopg.Connection[Any],
     url: URL,
-    columns: list[ColumnType],
+    columns: list[ArchiveColumn],
     source: sql.Composable,
     where: sql.Composable,
 ) -> pa.Table:
-    """``SELECT columns FROM source WHERE where`` as Arrow, in the connection's snapshot.
+    """``SELECT columns FROM source WHERE where`` as Arrow, in the connection's transaction.
 
-    With psql on PATH, psql joins the snapshot and moves the rows (see ``copy_out_blocks``);
-    Arrow parses the stream as it arrives, so neither the rows nor the CSV text ever exist as
-    Python objects. Timestamps travel in PostgreSQL's ISO output, which Arrow parses itself
-    (offset included), under the pinned session settings.
+    With psql on PATH, psql joins the snapshot and moves the rows; Arrow parses the stream as it
+    arrives, so neither the rows nor the CSV text ever exist as Python objects. Call inside a
+    REPEATABLE READ transaction: a batch with values Arrow cannot hold is read a second time.
     """
     query = sql.SQL("COPY (SELECT {cols} FROM {src} WHERE {where}) TO STDOUT (FORMAT csv)").format(
-        cols=sql.SQL(", ").join(sql.Identifier(c.name) for c in columns), src=source, where=where
+        cols=sql.SQL(", ").join(c.select_expr() for c in columns), src=source, where=where
     )
-    with conn.transaction():
-        conn.execute(SESSION_SETTINGS)
-        with copy_out_blocks(conn, url, query) as blocks:
-            stream = io.BufferedReader(_BlockStream(rechunk(blocks, _BLOCK)), buffer_size=_BLOCK)
-            return _parse_csv(stream, columns)
+    conn.execute(SESSION_SETTINGS)
+    types = {c.name: c.arrow_type() for c in columns}
+    try:
+        table = _read(conn, url, query, columns, types)
+        stored = {c.name: c.arrow for c in columns}
+    except pa.ArrowInvalid:  # its message quotes the value: dropped here, not chained
+        table = None
+    if table is None:
+        fallible = [c for c in columns if is_fallible(c.arrow)]
+        types |= {c.name: pa.string() for c in fallible}
+        table = _read(conn, url, query, columns, types)
+        stored = {c.name: c.arrow for c in columns}
+        for column in fallible:
+            index = table.schema.get_field_index(column.name)
+            try:
+                native = pc.cast(table.column(index), column.arrow_type())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                stored[column.name] = "text"
+                continue
+            table = table.set_column(index, column.name, native)
+    return with_metadata(table, columns, stored)
 
 
-def _parse_csv(stream: io.BufferedIOBase, columns: list[ColumnType]) -> pa.Table:
+def with_metadata(
+    table: pa.Table, columns: list[ArchiveColumn], stored: dict[str, str]
+) -> pa.Table:
+    """The table with each field's PostgreSQL type and stored form in its Parquet metadata."""
+    fields = [
+        table.schema.field(c.name).with_metadata({
+            "pg_type": c.pg_type, "custody.stored_as": stored[c.name],
+            "custody.generated": "true" if c.generated else "false",
+            "custody.identity": c.identity,
+        })
+        for c in columns
+    ]  # fmt: skip
+    described = [
+        {"name": c.name, "pg_type": c.pg_type, "stored_as": stored[c.name]} for c in columns
+    ]
+    schema = pa.schema(fields, metadata={
+        "custody.archive_format": FORMAT_VERSION,
+        "custody.columns": json.dumps(described, ensure_ascii=False),
+        "custody.text_form": "PostgreSQL output with client_encoding=UTF8, TimeZone=UTC, "
+        "DateStyle=ISO, IntervalStyle=postgres, extra_float_digits=1, bytea_output=hex, "
+        "lc_monetary=C; xml as stored (declaration kept); reg* as OIDs",
+    })  # fmt: skip
+    return pa.Table.from_arrays(table.columns, schema=schema)
+
+
+def _read(
+    conn: psycopg.Connection[Any],
+    url: URL,
+    query: sql.Composed,
+    columns: list[ArchiveColumn],
+    types: dict[str, pa.DataType],
+) -> pa.Table:
+    with _copy_out(conn, url, query) as blocks:
+        lead: list[bytes | bytearray | memoryview] = [_LEAD]
+        stream = io.BufferedReader(
+            _BlockStream(rechunk(_chain(lead, blocks), _BLOCK)), buffer_size=_BLOCK
+        )
+        return _parse_csv(stream, columns, types)
+
+
+def _chain(
+    first: list[bytes | bytearray | memoryview], rest: Iterable[bytes | bytearray | memoryview]
+) -> Iterator[bytes | bytearray | memoryview]:
+    yield from first
+    yield from rest
+
+
+def _copy_out(
+    conn: psycopg.Connection[Any], url: URL, copy_out: sql.Composed
+) -> contextlib.AbstractContextManager[Iterable[bytes | bytearray | memoryview]]:
+    """COPY data in this transaction's snapshot: psql joins it when on PATH, else this conn."""
+    if not has_client_tool("psql"):
+        return conn.cursor().copy(copy_out)
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert snapshot is not None
+    script = ";\n".join([
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot[0])).as_string(conn),
+        *SESSION_SETTINGS.split("; "),
+        copy_out.as_string(conn),
+        "COMMIT;\n",
+    ])  # fmt: skip
+    return psql_copy_out(url, script, block_size=_BLOCK)
+
+
+def _parse_csv(
+    stream: io.BufferedIOBase, columns: list[ArchiveColumn], types: dict[str, pa.DataType]
+) -> pa.Table:
     return pacsv.read_csv(
         stream,
-        read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], block_size=16 << 20),
+        read_options=pacsv.ReadOptions(
+            column_names=[c.name for c in columns], skip_rows=1, block_size=16 << 20
+        ),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types={c.name: c.arrow for c in columns},
+            column_types=types,
             null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,  # "" is an empty string, unquoted nothing is NULL

@@ -118,7 +118,7 @@ manifest_table = Table(
 Index("custody_archive_manifest_table_time", manifest_table.c.table_name,
       manifest_table.c.time_min, manifest_table.c.time_max)  # fmt: skip
 
-_FIELDS = [f for f in ManifestRow.__dataclass_fields__ if f != "restored_at"]
+_FIELDS = [f for f in ManifestRow.__dataclass_fields__ if f not in ("restored_at", "hash_method")]
 
 
 class ArchiveRestoreError(CustodyError):
@@ -521,7 +521,7 @@ def known_object_keys(engine: Engine, table: str) -> set[str]:
 
 
 def _row(values: Any) -> ManifestRow:
-    return ManifestRow(**{k: values[k] for k in ManifestRow.__dataclass_fields__})
+    return ManifestRow(**{k: values[k] for k in ManifestRow.__dataclass_fields__ if k in values})
 
 
 # --- restore -------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS custody.archive_manifest (
 );
 CREATE INDEX IF NOT EXISTS archive_manifest_table_time
     ON custody.archive_manifest (table_name, time_min, time_max);
+ALTER TABLE custody.archive_manifest ADD COLUMN IF NOT EXISTS hash_method text;
 """
 
 
@@ -82,6 +83,7 @@ class ManifestRow:
     status: str = "uploaded"
     source_deleted: bool = False
     restored_at: datetime | None = None
+    hash_method: str | None = None  # custody.archive.columns.HASH_METHOD; None: before v2
 
 
 def ensure_manifest(conn: psycopg.Connection[Any]) -> None:

@@ -26,16 +26,26 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from custody.archive import manifest
-from custody.archive.arrow_io import column_types, read_arrow, write_arrow
+from custody.archive.arrow_io import read_arrow, write_arrow
+from custody.archive.checks import (
+    ArchiveTable,
+    check_references,
+    inspect_table,
+    triggers_off,
+)
+from custody.archive.columns import (
+    HASH_METHOD,
+    SESSION_SETTINGS,
+    ArchiveColumn,
+    checked_type,
+    fingerprint,
+    fingerprint_sql,
+)
 from custody.chunks.models import Chunk, ChunkOutcome
 from custody.db import get_engine, is_postgres
-from custody.errors import CustodyError
+from custody.errors import CustodyError, safe_error
 from custody.migration.catalog import TableInfo
-from custody.migration.pgcopy import (
-    fingerprint,
-    fingerprint_returning,
-    key_range,
-)
+from custody.migration.pgcopy import key_range
 from custody.pgclient import libpq_dsn
 from custody.settings import get_settings
 from custody.storage import (
@@ -84,6 +94,7 @@ class ArchiveRangeWork:
     regulation: str | None
     target: ArchiveTarget
     delete_source: bool = True
+    archived_together: tuple[str, ...] = ()
 
     def __call__(self, chunk: Chunk) -> ChunkOutcome:
         """Archive the chunk (or finish what an interrupted attempt started)."""
@@ -95,15 +106,17 @@ class ArchiveRangeWork:
         archive_id = archive_id_for(chunk)
         url = engine.url
         store = open_store(self.target.store_url)
-        with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
-            conn.execute("SET TimeZone = 'UTC'")
+        with connect(url) as conn:
             row = manifest.load(conn, archive_id)
             if row is not None and row.status == "verified" and row.content_hash is not None:
                 return _outcome(row, row.content_hash)
+            checked = self._checked(conn)  # once per attempt: upload and verification share it
             if row is None or row.status == "corrupt":
                 # After a failed read-back the stored bytes are suspect even when the store
                 # still reports the checksum it recorded at upload: always upload afresh then.
-                row = self._upload(conn, url, store, chunk, archive_id, reuse=row is None)
+                row = self._upload(
+                    conn, url, store, chunk, archive_id, reuse=row is None, checked=checked
+                )
                 if row is None:  # nothing eligible left in the range
                     return ChunkOutcome(
                         source_count=0,
@@ -113,9 +126,15 @@ class ArchiveRangeWork:
                         details={"archive_id": archive_id, "rows": 0},
                     )
             try:
-                return self._verify_and_delete(conn, store, row, chunk)
+                return self._verify_and_delete(conn, store, row, chunk, checked)
             finally:
                 pa.default_memory_pool().release_unused()
+
+    def _checked(self, conn: psycopg.Connection[Any]) -> ArchiveTable:
+        """The table's checks, made again by every batch: it may have changed since the plan."""
+        return inspect_table(
+            conn, self.info.schema, self.info.name, self.time_column, self.archived_together
+        )
 
     def _where(self, chunk: Chunk) -> sql.Composable:
         return sql.SQL("{range} AND {t} < {cutoff}").format(
@@ -133,14 +152,18 @@ class ArchiveRangeWork:
         archive_id: str,
         *,
         reuse: bool,
+        checked: ArchiveTable | None = None,
     ) -> manifest.ManifestRow | None:
-        columns = column_types(conn, self.info.schema, self.info.name)
-        table = read_arrow(
-            conn, url, columns, sql.Identifier(self.info.schema, self.info.name), self._where(chunk)
-        )
-        if table.num_rows == 0:
-            return None
-        time_min, time_max = _time_range(table, self.time_column)
+        source = checked or self._checked(conn)
+        columns = list(source.columns)
+        with conn.transaction():  # one snapshot for the rows and their time range
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            table = read_arrow(conn, url, columns, source.source, self._where(chunk))
+            if table.num_rows == 0:
+                return None
+            time_min, time_max = _time_range(
+                conn, table, source, self.time_column, self._where(chunk)
+            )
         data = _parquet(table)
         stored, retention = self.put_object(store, archive_id, data, time_min, time_max, reuse)
         row = manifest.ManifestRow(
@@ -157,7 +180,7 @@ class ArchiveRangeWork:
             time_max=time_max,
             row_count=table.num_rows,
             content_hash=None,  # known once the object is proven to hold the source rows
-            columns=[{"name": c.name, "type": c.pg_type} for c in columns],
+            columns=[c.as_json() for c in columns],
             object_key=stored.key,
             version_id=stored.version_id,
             sha256=stored.sha256 or "",  # always set: put_object checked or computed it
@@ -166,6 +189,7 @@ class ArchiveRangeWork:
             retain_until=retention.retain_until if retention else None,
             classification=self.classification,
             regulation=self.regulation,
+            hash_method=HASH_METHOD,
         )
         manifest.insert(conn, row)
         return row
@@ -214,31 +238,47 @@ class ArchiveRangeWork:
         store: ObjectStore,
         row: manifest.ManifestRow,
         chunk: Chunk,
+        checked: ArchiveTable,
     ) -> ChunkOutcome:
         try:
             table = read_object(store, row)
+            columns = manifest_columns(row)
+            source = checked
+            if list(source.columns) != columns:
+                raise ArchiveVerificationError(
+                    f"table {self.info.name} changed shape since archive {row.archive_id} was "
+                    "written; it is written afresh"
+                )
+            where = self._where(chunk)
             with conn.transaction():
-                back = load_into_temp(conn, self.info, table, READBACK)
-                columns = sql.SQL(", ").join(sql.Identifier(c) for c in self.info.columns)
-                table_name = sql.Identifier(self.info.schema, self.info.name)
+                conn.execute(SESSION_SETTINGS)
+                back = _load_back(conn, columns, table, row)
+                cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
                 if self.delete_source:  # delete and fingerprint in one pass; undone on mismatch
+                    check_references(conn, source, where)
                     take = sql.SQL("DELETE FROM {t} WHERE {w} RETURNING {cols}")
                 else:
                     take = sql.SQL("SELECT {cols} FROM {t} WHERE {w}")
-                statement = take.format(t=table_name, w=self._where(chunk), cols=columns)
-                with conn.cursor() as cur:
-                    source = fingerprint_returning(cur, statement, method=self.info.hash_method)
-                    if source != back:
-                        raise ArchiveVerificationError(
-                            f"source rows of archive {row.archive_id} differ from the object "
-                            f"({source[0]} rows in the source, {back[0]} in the object)"
+                statement = take.format(t=source.source, w=where, cols=cols)
+                with triggers_off(conn, source.triggers if self.delete_source else ()):
+                    found = conn.execute(
+                        sql.SQL("WITH t AS ({q}) {f}").format(
+                            q=statement, f=fingerprint_sql(columns, sql.SQL("t"))
                         )
-                    cur.execute(
-                        "UPDATE custody.archive_manifest SET status = 'verified', "
-                        "verified_at = now(), source_deleted = %s, content_hash = %s "
-                        "WHERE archive_id = %s",
-                        (self.delete_source, back[1], row.archive_id),
+                    ).fetchone()
+                assert found is not None
+                taken = (int(found[0]), str(found[1]))
+                if taken != back:
+                    raise ArchiveVerificationError(
+                        f"source rows of archive {row.archive_id} differ from the object "
+                        f"({taken[0]} rows in the source, {back[0]} in the object)"
                     )
+                conn.execute(
+                    "UPDATE custody.archive_manifest SET status = 'verified', "
+                    "verified_at = now(), source_deleted = %s, content_hash = %s "
+                    "WHERE archive_id = %s",
+                    (self.delete_source, back[1], row.archive_id),
+                )
         except ArchiveVerificationError:
             conn.execute(
                 "UPDATE custody.archive_manifest SET status = 'corrupt' WHERE archive_id = %s",
@@ -273,26 +313,66 @@ def read_object(store: ObjectStore, row: manifest.ManifestRow) -> pa.Table:
     return table
 
 
-def load_into_temp(
-    conn: psycopg.Connection[Any], info: TableInfo, table: pa.Table, name: str
-) -> tuple[int, str]:
-    """Load rows into a temporary copy of the table's shape and fingerprint them there.
+def connect(url: URL) -> psycopg.Connection[Any]:
+    """An autocommit connection whose text is UTF8 and whose clock is UTC, whatever the server."""
+    conn = psycopg.connect(libpq_dsn(url), autocommit=True, client_encoding="UTF8")
+    conn.execute("SET TimeZone = 'UTC'")
+    return conn
 
-    Same column types as the source, so the same row hash: equal fingerprints mean the object
-    holds exactly the source rows, types included. Call inside a transaction (dropped at commit).
+
+def manifest_columns(row: manifest.ManifestRow) -> list[ArchiveColumn]:
+    """The archived columns as the manifest recorded them (never the live table's).
+
+    Raises:
+        ArchiveVerificationError: the manifest row predates canonical hashing.
     """
+    try:
+        return [ArchiveColumn.from_json(c) for c in row.columns]
+    except KeyError:
+        raise ArchiveVerificationError(
+            f"archive {row.archive_id}: the manifest has no canonical column record"
+        ) from None
+
+
+def load_into_temp(
+    conn: psycopg.Connection[Any], columns: list[ArchiveColumn], table: pa.Table, name: str
+) -> tuple[int, str]:
+    """Load an object's rows into a temporary table of the archived types; fingerprint them.
+
+    The types come from the manifest, so PostgreSQL parses every value as the source held it,
+    and the canonical hash of the result is comparable with the source rows'. Call inside a
+    transaction (the table is dropped at commit).
+
+    Raises:
+        ArchiveVerificationError: the object's columns are not the archived ones.
+    """
+    if table.column_names != [c.name for c in columns]:
+        raise ArchiveVerificationError("the object's columns are not the archived columns")
     conn.execute(
-        sql.SQL("CREATE TEMP TABLE {tmp} (LIKE {t}) ON COMMIT DROP").format(
-            tmp=sql.Identifier(name), t=sql.Identifier(info.schema, info.name)
+        sql.SQL("CREATE TEMP TABLE {tmp} ({cols}) ON COMMIT DROP").format(
+            tmp=sql.Identifier(name),
+            cols=sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(checked_type(c.pg_type)))
+                for c in columns
+            ),
         )
     )
     write_arrow(conn, table, sql.Identifier(name))
-    query = sql.SQL("SELECT {cols} FROM {tmp}").format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in info.columns),
-        tmp=sql.Identifier(name),
-    )
-    with conn.cursor() as cur:
-        return fingerprint(cur, query, method=info.hash_method)
+    return fingerprint(conn, columns, sql.SQL("{tmp} t").format(tmp=sql.Identifier(name)))
+
+
+def _load_back(
+    conn: psycopg.Connection[Any], columns: list[ArchiveColumn], table: pa.Table, row: Any
+) -> tuple[int, str]:
+    """Load the object into the read-back table; values PostgreSQL refuses make it corrupt."""
+    try:
+        return load_into_temp(conn, columns, table, READBACK)
+    except psycopg.DataError as exc:  # its message quotes the value: not chained
+        failed = ArchiveVerificationError(
+            f"object {row.object_key} of archive {row.archive_id} holds values its columns' "
+            f"types refuse ({safe_error(exc)})"
+        )
+    raise failed
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -301,22 +381,36 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _time_range(table: pa.Table, column: str) -> tuple[datetime, datetime]:
-    """Oldest and newest value of the time column, as UTC instants.
+def _time_range(
+    conn: psycopg.Connection[Any],
+    rows: pa.Table,
+    table: ArchiveTable,
+    column: str,
+    where: sql.Composable,
+) -> tuple[datetime, datetime]:
+    """Oldest and newest value of the batch's time column, as UTC instants within 1..9999 AD.
 
-    Taken from the microsecond counts: converting Arrow's zoned timestamps to Python objects
-    imports pandas (1.3 s of CPU) the first time.
+    For the object key and its retention only: -infinity and BC times count as year 1. From
+    the Arrow column when it holds timestamps (no second scan), else from the server, in the
+    same snapshot.
     """
-    field = table.schema.field(column)
-    if not pa.types.is_timestamp(field.type):
-        raise CustodyError(f"time column {column!r} must be a timestamp column")
-    micros = table[column].cast(pa.timestamp("us")).cast(pa.int64())
-    bounds = pc.min_max(micros).as_py()
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return (
-        epoch + timedelta(microseconds=bounds["min"]),
-        epoch + timedelta(microseconds=bounds["max"]),
-    )
+    field = rows.schema.field(column)
+    if pa.types.is_timestamp(field.type) and rows.column(column).null_count == 0:
+        micros = pc.min_max(rows.column(column).cast(pa.timestamp("us")).cast(pa.int64())).as_py()
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        return (
+            epoch + timedelta(microseconds=micros["min"]),
+            epoch + timedelta(microseconds=micros["max"]),
+        )
+    clamp = "GREATEST(LEAST({f}({c})::timestamptz, '9999-12-31 00:00+00'), '0001-01-01 00:00+00')"
+    found = conn.execute(
+        sql.SQL("SELECT " + clamp.replace("{f}", "min") + ", " + clamp.replace("{f}", "max")
+                + " FROM {t} WHERE {w}").format(
+            c=sql.Identifier(column), t=table.source, w=where
+        )
+    ).fetchone()  # fmt: skip
+    assert found is not None
+    return found[0], found[1]
 
 
 def _outcome(row: manifest.ManifestRow, content_hash: str) -> ChunkOutcome:

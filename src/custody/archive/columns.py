@@ -1,0 +1,310 @@
+"""Each archived column: how its values are compared exactly, and how Parquet holds them.
+
+The archive is the proof that rows may be deleted, so the comparison between the object and the
+source must not hide a difference. Every column is reduced to a canonical byte string, computed
+by PostgreSQL on both sides with the same SQL:
+
+- ``send``: the type's binary send function (``int4send``, ``numeric_send``, ``textsend``, ...):
+  the exact value, never a collation-aware comparison and never a normalising text rendering.
+  Text is sent in the client encoding, which custody always sets to UTF8.
+- ``xml``: the stored document itself (``xml::text`` is a binary coercion). Both xml's text output
+  and its send function drop a ``<?xml version="1.0"?>`` declaration.
+- ``oid``: reg* columns (regclass, regtype, ...) as the OID they hold.
+- ``text``: the type's text output under pinned settings, for values whose send form carries
+  database-specific OIDs (composites, arrays of user types) or types without a send function.
+
+Each row's canonical columns are hashed as one record of bytea values (``hash_record_extended``:
+bytea hashes its bytes, with no collation) and the 64-bit row hashes summed. The method name
+``HASH_METHOD`` and each column's canonical kind are stored in the manifest, so a restore checks
+an archive with exactly what verified it, whatever the live table looks like by then.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from custody.errors import CustodyError
+
+HASH_METHOD = "pg-send-record64-v1"
+FIRST_USER_OID = 16384
+
+# Output settings under which every text form below is PostgreSQL's exact, re-readable one.
+SESSION_SETTINGS = (
+    "SET LOCAL client_encoding = 'UTF8'; SET LOCAL TimeZone = 'UTC'; "
+    "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; "
+    "SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'; "
+    "SET LOCAL lc_monetary = 'C'"
+)
+
+
+class ColumnRefusedError(CustodyError):
+    """A column's values cannot be archived and restored exactly; nothing was touched."""
+
+
+@dataclass(frozen=True)
+class ArchiveColumn:
+    """One column as archived: recorded in the manifest, so a restore needs nothing else.
+
+    Attributes:
+        name: Column name.
+        pg_type: ``format_type`` with every user type schema-qualified (a temp table of these
+            types holds the object's rows exactly as the source held them).
+        canon: ``send``, ``xml``, ``oid`` or ``text`` (see the module docstring).
+        send: Qualified send function for ``send`` (``pg_catalog.int4send``), else empty.
+        base_type: The type ``send`` applies to (a domain's base type), else empty.
+        arrow: Arrow type name kept natively in Parquet (``int32``, ``timestamp_utc``, ...), or
+            ``text`` for PostgreSQL's exact text form.
+        generated: A stored generated column: restored by recomputation, then checked.
+        identity: ``a`` (ALWAYS), ``d`` (BY DEFAULT) or empty.
+    """
+
+    name: str
+    pg_type: str
+    canon: str
+    send: str = ""
+    base_type: str = ""
+    arrow: str = "text"
+    generated: bool = False
+    identity: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """The manifest's record of the column."""
+        return {
+            "name": self.name, "type": self.pg_type, "canon": self.canon, "send": self.send,
+            "base_type": self.base_type, "arrow": self.arrow, "generated": self.generated,
+            "identity": self.identity,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ArchiveColumn:
+        """Read a manifest's record back (raises KeyError on a manifest from before v2)."""
+        return cls(
+            name=str(value["name"]), pg_type=str(value["type"]), canon=str(value["canon"]),
+            send=str(value.get("send", "")), base_type=str(value.get("base_type", "")),
+            arrow=str(value.get("arrow", "text")), generated=bool(value.get("generated")),
+            identity=str(value.get("identity", "")),
+        )  # fmt: skip
+
+    def select_expr(self) -> sql.Composable:
+        """What COPY reads for Parquet: the column, or its exact form where output would lose."""
+        ident = sql.Identifier(self.name)
+        if self.canon == "xml":
+            return sql.SQL("{c}::text").format(c=ident)
+        if self.canon == "oid":
+            return sql.SQL("{c}::oid").format(c=ident)
+        return ident
+
+    def canon_expr(self, alias: str | None = None) -> sql.Composable:
+        """The column's canonical bytes (NULL stays NULL)."""
+        ident = sql.Identifier(alias, self.name) if alias else sql.Identifier(self.name)
+        if self.canon == "send":
+            schema, _, function = self.send.partition(".")
+            value: sql.Composable = ident
+            if self.base_type:
+                value = sql.SQL("({c})::{t}").format(
+                    c=ident, t=sql.SQL(checked_type(self.base_type))
+                )
+            return sql.SQL("{f}({v})").format(f=sql.Identifier(schema, function), v=value)
+        if self.canon == "oid":
+            return sql.SQL("pg_catalog.oidsend({c}::oid)").format(c=ident)
+        if self.canon in ("xml", "text"):
+            return sql.SQL("pg_catalog.textsend({c}::text)").format(c=ident)
+        raise ColumnRefusedError(f"column {self.name!r}: unknown canonical form {self.canon!r}")
+
+    def arrow_type(self) -> pa.DataType:
+        """The Arrow type the column is read as (``text``: PostgreSQL's exact text form)."""
+        return arrow_type(self.arrow)
+
+
+_NATIVE: dict[str, pa.DataType] = {
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "date32": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+    "timestamp_utc": pa.timestamp("us", tz="UTC"),
+    "text": pa.string(),
+}
+_BY_TYPNAME = {
+    "int2": "int16", "int4": "int32", "int8": "int64", "float4": "float32", "float8": "float64",
+    "bool": "bool", "date": "date32", "timestamp": "timestamp", "timestamptz": "timestamp_utc",
+}  # fmt: skip
+# Arrow types whose parser refuses some PostgreSQL values (infinity, BC, after 9999, NaN):
+# a batch holding one keeps that column as PostgreSQL text instead (see arrow_io).
+FALLIBLE = {"date32", "timestamp", "timestamp_utc"}
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """Arrow type for a stored ``arrow`` name (``decimal(p,s)`` or one of the natives)."""
+    found = re.fullmatch(r"decimal\((\d+),(\d+)\)", name)
+    if found:
+        return pa.decimal128(int(found[1]), int(found[2]))
+    return _NATIVE[name]
+
+
+def is_fallible(name: str) -> bool:
+    """Whether some PostgreSQL values of the column have no Arrow form."""
+    return name in FALLIBLE or name.startswith("decimal")
+
+
+def checked_type(type_name: str) -> str:
+    """A type name from the catalog or the manifest, inlined only in the shapes format_type has.
+
+    Raises:
+        ColumnRefusedError: the text is not shaped like a type name.
+    """
+    if (
+        not re.fullmatch(r'[A-Za-z0-9_ ."$(),\[\]\u0080-\U0010ffff-]+', type_name)
+        or ";" in type_name
+    ):
+        raise ColumnRefusedError(f"type name {type_name!r} is not a type name")
+    return type_name
+
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod,
+       a.attgenerated <> '', a.attidentity
+FROM pg_attribute a
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+"""
+_TYPE = """
+SELECT t.typname, t.typtype, t.typcategory, t.typbasetype, t.typtypmod, t.typelem,
+       t.typrelid, t.typsend::oid, n.nspname, p.proname, format_type(t.oid, %s),
+       t.typsubscript = 'array_subscript_handler'::regproc
+FROM pg_type t LEFT JOIN pg_proc p ON p.oid = t.typsend
+LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE t.oid = %s
+"""
+
+
+def archive_columns(conn: psycopg.Connection[Any], relid: int, table: str) -> list[ArchiveColumn]:
+    """Every column of the table (generated ones too), classified.
+
+    Run with ``search_path = pg_catalog`` so that format_type qualifies every user type.
+
+    Raises:
+        ColumnRefusedError: a column holds xml inside an array or a composite, which no
+            PostgreSQL output form keeps exactly (names the table and the column).
+    """
+    found = conn.execute(_COLUMNS, (relid,)).fetchall()
+    return [
+        _classify(conn, table, str(name), str(pg_type), int(oid), int(mod), bool(gen), str(ident))
+        for name, pg_type, oid, mod, gen, ident in found
+    ]
+
+
+def _type_row(conn: psycopg.Connection[Any], oid: int, typmod: int) -> tuple[Any, ...]:
+    row = conn.execute(_TYPE, (typmod, oid)).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _classify(
+    conn: psycopg.Connection[Any],
+    table: str,
+    name: str,
+    pg_type: str,
+    oid: int,
+    typmod: int,
+    generated: bool,
+    identity: str,
+) -> ArchiveColumn:
+    row = _type_row(conn, oid, typmod)
+    is_domain = row[1] == "d"
+    while row[1] == "d":  # a domain: its base type decides
+        oid, typmod = int(row[3]), int(row[4])
+        row = _type_row(conn, oid, typmod)
+    typname, typtype, _, _, _, elem, relid, send_oid, nsp, proname, base, is_array = row
+    column = ArchiveColumn(name=name, pg_type=pg_type, canon="text", generated=generated,
+                           identity=identity)  # fmt: skip
+    if _holds_xml(conn, oid):
+        if typname == "xml" and oid < FIRST_USER_OID:
+            return _with(column, canon="xml")
+        raise ColumnRefusedError(
+            f"table {table!r}, column {name!r} ({pg_type}): xml inside an array or a composite "
+            "cannot be archived exactly (PostgreSQL's output drops its XML declaration)"
+        )
+    if typname.startswith("reg") and oid < FIRST_USER_OID:
+        return _with(column, canon="oid", arrow="int64")
+    if relid or not send_oid:  # composite, or no send function: the exact text form
+        return column
+    if is_array and (elem >= FIRST_USER_OID or _type_row(conn, elem, -1)[1] != "b"):
+        return column  # array_send would carry the element type's database-specific OID
+    if typtype not in ("b", "e", "r", "m"):
+        return column
+    return _with(
+        column, canon="send", send=f"{nsp}.{proname}", base_type=str(base) if is_domain else "",
+        arrow=_arrow_name(typname, oid, str(base)) if not is_array else "text",
+    )  # fmt: skip
+
+
+def _with(column: ArchiveColumn, **changes: Any) -> ArchiveColumn:
+    from dataclasses import replace
+
+    return replace(column, **changes)
+
+
+def _arrow_name(typname: str, oid: int, formatted: str) -> str:
+    if oid >= FIRST_USER_OID:
+        return "text"
+    if typname in _BY_TYPNAME:
+        return _BY_TYPNAME[typname]
+    numeric = re.fullmatch(r"numeric\((\d+),(-?\d+)\)", formatted)
+    if numeric and 0 <= int(numeric[2]) <= int(numeric[1]) <= 38:
+        return f"decimal({numeric[1]},{numeric[2]})"
+    return "text"
+
+
+def _holds_xml(conn: psycopg.Connection[Any], oid: int) -> bool:
+    """Whether the type is xml, or holds xml anywhere (arrays, composites, domains, ranges)."""
+    row = conn.execute(
+        """
+        WITH RECURSIVE inside(oid) AS (
+            SELECT %s::oid
+            UNION
+            SELECT x.child FROM inside i JOIN pg_type t ON t.oid = i.oid
+            CROSS JOIN LATERAL (
+                SELECT NULLIF(t.typelem, 0) UNION ALL SELECT NULLIF(t.typbasetype, 0)
+                UNION ALL SELECT a.atttypid FROM pg_attribute a
+                    WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+                UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+                UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngmultitypid = t.oid
+            ) x(child) WHERE x.child IS NOT NULL
+        )
+        SELECT bool_or(oid = 'pg_catalog.xml'::regtype) FROM inside
+        """,
+        (oid,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def row_hash_sql(columns: list[ArchiveColumn], alias: str | None = None) -> sql.Composable:
+    """One row's 64-bit hash over its canonical column bytes (in the columns' order)."""
+    return sql.SQL("hash_record_extended(ROW({cols}), 0)").format(
+        cols=sql.SQL(", ").join(c.canon_expr(alias) for c in columns)
+    )
+
+
+def fingerprint_sql(columns: list[ArchiveColumn], rows: sql.Composable) -> sql.Composed:
+    """``count, sum of row hashes`` over the rows of ``rows`` (a FROM item aliased ``t``)."""
+    return sql.SQL("SELECT count(*), COALESCE(sum({h}), 0)::text FROM {rows}").format(
+        h=row_hash_sql(columns, "t"), rows=rows
+    )
+
+
+def fingerprint(
+    conn: psycopg.Connection[Any], columns: list[ArchiveColumn], rows: sql.Composable
+) -> tuple[int, str]:
+    """Count and canonical hash of rows, computed by the server."""
+    found = conn.execute(fingerprint_sql(columns, rows)).fetchone()
+    assert found is not None
+    return int(found[0]), str(found[1])
