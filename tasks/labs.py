@@ -15,6 +15,7 @@ from custody.errors import CustodyError
 from custody.labs.critical import load_rules
 from custody.labs.gating import ungated_files
 from custody.labs.ingest import CsvLayout, Format, LabIngestor
+from custody.labs.zones import ZonePolicy, source_zone, zone_named
 from custody.quality import QualityResult
 from custody.storage import open_store
 from tasks.retry import retry_if_transient
@@ -76,9 +77,18 @@ def ingest_lab_files(
     A retry after a crash is safe: files already landed are skipped by content hash.
     """
     rt = runtime()
+    zones = ZonePolicy(
+        default=ZoneInfo(timezone),
+        senders={
+            sender: zone_named(name, "CUSTODY_LAB_SENDER_ZONES")
+            for sender, name in rt.settings.lab_sender_zones.items()
+        },
+        source=source_zone(rt.settings.lab_source_zones, source),
+    )
     ingestor = LabIngestor(
         rt.store, rt.audit, load_rules(rules), principal=rt.settings.principal,
         correlation_id=rt.correlation_id, zone=ZoneInfo(timezone), csv_layout=csv_layout,
+        zones=zones,
     )  # fmt: skip
     reports = []
     for ref in refs:

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64, description="Worker processes of the per-run local Dask cluster."
     )
 
+    lab_sender_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lab ingestion: IANA time zone per HL7 sender (MSH-4 sending facility) for "
+        'times sent without an offset, e.g. CUSTODY_LAB_SENDER_ZONES=\'{"ACME LAB": '
+        '"America/Chicago"}\'.',
+    )
+    lab_source_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lab ingestion: IANA time zone per source (inbox directory or store:prefix) "
+        "for FHIR and CSV times sent without a zone.",
+    )
+
     @field_validator("connections", mode="before")
     @classmethod
     def _lower_connection_names(cls, value: object) -> object:

@@ -29,7 +29,8 @@ from custody.errors import CustodyError, safe_error
 from custody.labs.critical import CriticalFinding, CriticalRules
 from custody.labs.model import FormatMismatchError, LabResult, Rejected, SourceRef
 from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
-from custody.labs.validate import problems, with_zone
+from custody.labs.validate import problems
+from custody.labs.zones import ZonePolicy
 
 Format = Literal["auto", "hl7v2", "fhir", "csv"]
 CsvLayout = Literal["default", "synthea"]
@@ -106,14 +107,19 @@ class LabIngestor:
         correlation_id: str | None,
         zone: ZoneInfo,
         csv_layout: CsvLayout = "default",
+        zones: ZonePolicy | None = None,
     ) -> None:
-        """Bind the store, audit log, critical rules and the site's time zone."""
+        """Bind the store, audit log, critical rules and the time zones of naive times.
+
+        ``zones`` (per sender, per source) wins over ``zone``, which is then only the default.
+        """
         self.store = store
         self.audit = audit
         self.rules = rules
         self.principal = principal
         self.correlation_id = correlation_id
         self.zone = zone
+        self.zones = zones or ZonePolicy(default=zone)
         self.csv_layout = csv_layout
 
     def ingest(self, file: str, data: bytes, fmt: Format = "auto") -> FileReport:
@@ -143,7 +149,7 @@ class LabIngestor:
             if isinstance(record, Rejected):
                 bad.append((record.source, "parse", record.reason))
                 continue
-            result = with_zone(record, self.zone)
+            result = self.zones.place(record)
             found = problems(result)
             if found:
                 bad.append((result.source, "validate", "; ".join(found)))

@@ -69,6 +69,11 @@ class LabResult(BaseModel):
     resulted_at: datetime | None = None
     performing_lab: str | None = None
     technician: str | None = None
+    sender: str | None = Field(default=None, description="HL7 MSH-4 sending facility")
+    time_zone_source: str | None = Field(
+        default=None,
+        description="Which rule placed times sent without an offset (custody.labs.zones)",
+    )
     source: SourceRef
 
 

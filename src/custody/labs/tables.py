@@ -35,6 +35,8 @@ lab_results = Table(
     Column("resulted_at", UTCDateTime),
     Column("performing_lab", Text),
     Column("technician", Text),
+    Column("sender", Text),
+    Column("time_zone_source", Text),
     Column("source_file", Text, nullable=False),
     Column("source_message", Text),
     Column("source_position", Text, nullable=False),

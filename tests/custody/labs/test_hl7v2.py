@@ -774,8 +774,11 @@ def test_reference_ranges(text: str, low: str | None, high: str | None) -> None:
 def test_timestamps(stamp: str, expected: datetime) -> None:
     (result,), _ = parse(hl7(*oru("C1", f"OBX|1|NM|2823-3^K^LN||4||||||F|||{stamp}")))
 
+    if expected.tzinfo is None:  # issue 16 item 1: a naive time takes MSH-7's offset (-0500)
+        expected = expected.replace(tzinfo=timezone(-timedelta(hours=5)))
+        assert result.time_zone_source == "msh7"
     assert result.collected_at == expected
-    assert (result.collected_at.tzinfo is None) == (expected.tzinfo is None)
+    assert result.collected_at.utcoffset() == expected.utcoffset()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,26 @@
+"""Lab ingestion on real feeds: time zone provenance, sender critical flags, history, counts.
+
+Revision ID: 0005_labs
+Revises: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005_labs"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Which rule placed the times a sender wrote without an offset (custody.labs.zones), and
+    # the HL7 sender (MSH-4) whose configured zone may have applied.
+    op.add_column("lab_results", sa.Column("sender", sa.Text))
+    op.add_column("lab_results", sa.Column("time_zone_source", sa.Text))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("lab_results") as batch:
+        batch.drop_column("time_zone_source")
+        batch.drop_column("sender")
