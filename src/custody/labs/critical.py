@@ -10,7 +10,7 @@ is not judged, rather than converted on a guess.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -61,18 +61,30 @@ class RuleSet(BaseModel):
     rules: list[Rule]
 
 
+# Sender flags that mean "critical" (HL7 table 0078 OBX-8; FHIR v3 ObservationInterpretation).
+# Under CLIA the performing laboratory defines its own critical values: its flag alerts too.
+SENDER_CRITICAL = {"HH": "high", "LL": "low", "AA": "abnormal", "CRITICAL": "abnormal"}
+RULE_TABLE = "rule_table"
+SENDER_FLAG = "sender_flag"
+
+
 @dataclass(frozen=True)
 class CriticalFinding:
-    """A result past a critical limit: which rule, which side, and the limit crossed."""
+    """A critical result: which rule or sender flag said so, which side, the limit crossed.
+
+    ``alert_source`` is ``rule_table``, ``sender_flag`` or ``rule_table+sender_flag``; a
+    finding from the sender's flag alone has no limit (the sender's own critical range).
+    """
 
     result_id: str
     analyte: str
     loinc_code: str
-    direction: str  # "low" or "high"
-    limit: Decimal
-    value: Decimal
+    direction: str  # "low", "high" or (sender flag AA) "abnormal"
+    limit: Decimal | None
+    value: Decimal | None
     unit: str
     source: str
+    alert_source: str = RULE_TABLE
 
 
 class CriticalRules:
@@ -89,7 +101,27 @@ class CriticalRules:
                         self._index[(code, unit.casefold())] = (rule, limit)
 
     def check(self, result: LabResult) -> CriticalFinding | None:
-        """The finding for a critical result, or None (also for units no rule lists)."""
+        """The finding for a result critical by the rule table, the sender's flag, or both."""
+        by_rule = self._by_rule(result)
+        direction = SENDER_CRITICAL.get((result.abnormal_flag or "").strip().upper())
+        if direction is None:
+            return by_rule
+        if by_rule is not None:
+            return replace(by_rule, alert_source=f"{RULE_TABLE}+{SENDER_FLAG}")
+        return CriticalFinding(
+            result_id=result.result_id,
+            analyte=result.display or result.code or result.loinc_code or "unknown",
+            loinc_code=result.loinc_code or result.code or "",
+            direction=direction,
+            limit=None,
+            value=result.value_numeric,
+            unit=result.unit or "",
+            source="the performing laboratory's own critical flag",
+            alert_source=SENDER_FLAG,
+        )
+
+    def _by_rule(self, result: LabResult) -> CriticalFinding | None:
+        """The rule table's finding, or None (also for units no rule lists)."""
         if result.loinc_code is None or result.value_numeric is None:
             return None
         found = self._index.get((result.loinc_code, (result.unit or "").casefold()))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -460,14 +460,22 @@ def _observation(obs: JsonObject, origin: _Origin, report: _Report | None) -> li
 def _observation_results(obs: JsonObject, origin: _Origin, report: _Report | None) -> list[Item]:
     try:
         common = _common(obs, report)
+        bad_times = common.pop(_BAD_TIMES)
         code = _code(obs, "Observation")
         value = _value(obs, "Observation")
         components = obs.get("component")
         valued = _valued(components) if components else []
         if value is not None or not valued:
-            return [_result(origin, "", common, code, value, _detail(obs, "Observation"))]
+            only = _result(origin, "", common, code, value, _detail(obs, "Observation"))
+            return _quarantined_if_badly_dated([only], bad_times)
     except _Invalid as exc:
         return [origin.reject(str(exc))]
+    return _quarantined_if_badly_dated(_components(valued, origin, common), bad_times)
+
+
+def _components(
+    valued: list[tuple[int, JsonObject]], origin: _Origin, common: dict[str, Any]
+) -> list[Item]:
     items: list[Item] = []
     for index, component in valued:
         path = f"Observation.component[{index}]"
@@ -534,14 +542,44 @@ def _common(obs: JsonObject, report: _Report | None) -> dict[str, Any]:
     if subject is not None:
         patient_ref = _str(_obj_item(subject, "Observation.subject"), "reference", *_SUBJECT)
     issued = obs.get("issued")
+    bad_times: list[str] = []
     return {
         "status": status,
         "patient_ref": patient_ref,
         "order_ref": order_ref,
         "performing_lab": performing_lab,
-        "collected_at": _effective(obs),
-        "resulted_at": None if issued is None else _datetime(issued, "Observation.issued"),
+        "collected_at": _lenient(lambda: _effective(obs), bad_times),
+        "resulted_at": None
+        if issued is None
+        else _lenient(lambda: _datetime(issued, "Observation.issued"), bad_times),
+        _BAD_TIMES: bad_times,
     }
+
+
+_BAD_TIMES = "_bad_times"
+
+
+def _lenient(read: Callable[[], datetime | None], problems: list[str]) -> datetime | None:
+    """A time, or None with the reason kept, rather than losing the whole Observation.
+
+    The Observation is still quarantined for it, but what was read reaches the critical check
+    (issue 16 item 3).
+    """
+    try:
+        return read()
+    except _Invalid as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _quarantined_if_badly_dated(items: list[Item], bad_times: list[str]) -> list[Item]:
+    if not bad_times:
+        return items
+    reason = "; ".join(bad_times)
+    return [
+        Rejected(source=i.source, reason=reason, result=i) if isinstance(i, LabResult) else i
+        for i in items
+    ]
 
 
 def _status_problem(raw: Any) -> str:

@@ -431,11 +431,9 @@ def _observation(seg: str, msg: _Message, file: str) -> _Item:
     status_code = _status_code(fields[11], enc)
     if not status_code and (msg.status_required or not fields[5].strip()):
         return Rejected(source=SourceRef(**source), reason=_missing_status_reason(fields, enc))
-    try:
-        collected = _strict_timestamp(fields[14], enc, "OBX-14") or msg.obr_collected
-        resulted = _strict_timestamp(fields[19], enc, "OBX-19") or msg.obr_resulted
-    except _BadTimestampError as exc:
-        return Rejected(source=SourceRef(**source), reason=str(exc))
+    bad_times: list[str] = []
+    collected = _dating(fields[14], enc, "OBX-14", bad_times) or msg.obr_collected
+    resulted = _dating(fields[19], enc, "OBX-19", bad_times) or msg.obr_resulted
     zone_source = None
     if msg.msh_offset is not None and (_naive(collected) or _naive(resulted)):
         collected, resulted = _placed(collected, msg.msh_offset), _placed(resulted, msg.msh_offset)
@@ -458,7 +456,19 @@ def _observation(seg: str, msg: _Message, file: str) -> _Item:
         source=source,
     )
     # model_validate on a dict: a third faster than keyword construction, same validation.
-    return LabResult.model_validate(record)
+    result = LabResult.model_validate(record)
+    if bad_times:  # quarantined, but what was read still goes to the critical check
+        return Rejected(source=SourceRef(**source), reason="; ".join(bad_times), result=result)
+    return result
+
+
+def _dating(raw: str, enc: _Encoding, name: str, problems: list[str]) -> datetime | None:
+    """A strict timestamp, or None with the reason added to ``problems`` when unreadable."""
+    try:
+        return _strict_timestamp(raw, enc, name)
+    except _BadTimestampError as exc:
+        problems.append(str(exc))
+        return None
 
 
 def _occurrence(msg: _Message, code: str, sub_id: str) -> int:

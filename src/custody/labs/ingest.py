@@ -65,6 +65,15 @@ class FileReport:
     parse_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Alert:
+    """A critical finding and, when the result was quarantined, at which stage and where."""
+
+    finding: CriticalFinding
+    quarantine_stage: str | None
+    position: str
+
+
 def detect_format(data: bytes) -> Literal["hl7v2", "fhir", "csv"]:
     """Guess the format from the first bytes: HL7 starts with MSH/FHS/BHS, FHIR with a brace."""
     head = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n\x0b")
@@ -145,18 +154,22 @@ class LabIngestor:
             return self._reject_file(file, digest, kind, len(data), str(exc))
         good: list[LabResult] = []
         bad: list[tuple[SourceRef, str, str]] = []
+        findings: list[Alert] = []
         for record in records:
             if isinstance(record, Rejected):
                 bad.append((record.source, "parse", record.reason))
+                if record.result is not None:  # critical even though quarantined: alert
+                    findings.extend(self._alert(record.result, "parse"))
                 continue
             result = self.zones.place(record)
             found = problems(result)
             if found:
                 bad.append((result.source, "validate", "; ".join(found)))
+                findings.extend(self._alert(result, "validate"))
             else:
                 good.append(result)
+                findings.extend(self._alert(result, None))
         parsed = time.perf_counter() - started
-        findings = [f for f in map(self.rules.check, good) if f is not None]
         seqs = [self._announce(f, digest) for f in findings]  # before the commit: immediately
         try:
             with self.store.begin() as conn:
@@ -178,7 +191,28 @@ class LabIngestor:
             file, digest, kind, "ingested", len(good), len(bad), len(findings), None, parsed
         )
 
-    def _announce(self, finding: CriticalFinding, digest: str) -> int:
+    def _alert(self, result: LabResult, quarantine_stage: str | None) -> list[Alert]:
+        finding = self.rules.check(result)
+        if finding is None:
+            return []
+        return [Alert(finding, quarantine_stage, result.source.position)]
+
+    def _announce(self, alert: Alert, digest: str) -> int:
+        finding = alert.finding
+        details: dict[str, Any] = {
+            "analyte": finding.analyte,
+            "loinc_code": finding.loinc_code,
+            "direction": finding.direction,
+            "limit": None if finding.limit is None else str(finding.limit),
+            "unit": finding.unit,
+            "rule_set": self.rules.name,
+            "alert_source": finding.alert_source,
+            "file_sha256": digest,
+        }
+        if alert.quarantine_stage is not None:  # names the quarantine record, not the value
+            details["quarantined"] = True
+            details["quarantine_stage"] = alert.quarantine_stage
+            details["quarantine_position"] = alert.position
         event = AuditEvent(
             principal=self.principal,
             action="lab.critical_result.detected",
@@ -189,15 +223,7 @@ class LabIngestor:
             correlation_id=self.correlation_id,
             regulation="CLIA",
             data_classification=DataClassification.PHI,
-            details={
-                "analyte": finding.analyte,
-                "loinc_code": finding.loinc_code,
-                "direction": finding.direction,
-                "limit": str(finding.limit),
-                "unit": finding.unit,
-                "rule_set": self.rules.name,
-                "file_sha256": digest,
-            },
+            details=details,
         )
         return self.audit.log_critical(event).last_seq
 
@@ -210,7 +236,7 @@ class LabIngestor:
         size: int,
         good: list[LabResult],
         bad: list[tuple[SourceRef, str, str]],
-        findings: list[CriticalFinding],
+        findings: list[Alert],
         seqs: list[int],
     ) -> None:
         now = utc_now()
@@ -230,10 +256,13 @@ class LabIngestor:
             conn.execute(
                 insert(critical_results),
                 [
-                    {"result_id": f.result_id, "rule_set": self.rules.name, "analyte": f.analyte,
-                     "loinc_code": f.loinc_code, "direction": f.direction,
-                     "limit_value": f.limit, "audit_seq": seq, "detected_at": now}
-                    for f, seq in zip(findings, seqs, strict=True)
+                    {"result_id": a.finding.result_id, "rule_set": self.rules.name,
+                     "analyte": a.finding.analyte, "loinc_code": a.finding.loinc_code,
+                     "direction": a.finding.direction, "limit_value": a.finding.limit,
+                     "alert_source": a.finding.alert_source,
+                     "quarantine_stage": a.quarantine_stage, "audit_seq": seq,
+                     "detected_at": now}
+                    for a, seq in zip(findings, seqs, strict=True)
                 ],
             )  # fmt: skip
         conn.execute(

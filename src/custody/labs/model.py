@@ -84,6 +84,11 @@ class Rejected(BaseModel):
 
     source: SourceRef
     reason: str = Field(description="What is wrong, naming the segment/field or JSON path")
+    result: LabResult | None = Field(
+        default=None,
+        description="What could still be read (the bad field left out): a result that is "
+        "critical by rule or by the sender's flag must alert even when it is quarantined",
+    )
 
 
 class FormatMismatchError(ValueError):

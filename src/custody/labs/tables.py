@@ -82,7 +82,9 @@ critical_results = Table(
     Column("analyte", Text, nullable=False),
     Column("loinc_code", Text, nullable=False),
     Column("direction", Text, nullable=False),
-    Column("limit_value", Numeric, nullable=False),
+    Column("limit_value", Numeric),  # NULL: the sender's own flag, no rule limit
+    Column("alert_source", Text),  # rule_table | sender_flag | rule_table+sender_flag
+    Column("quarantine_stage", Text),  # set when the result itself was quarantined
     Column("audit_seq", BigInteger),
     Column("detected_at", UTCDateTime, nullable=False),
     Column("acknowledged_at", UTCDateTime),

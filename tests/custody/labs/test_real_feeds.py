@@ -139,3 +139,120 @@ def test_issue_16_item_1_fhir_naive_datetime_takes_the_source_zone(pg_store: Eng
             "source",
         )
     ]
+
+
+# --- items 2 and 3: the sender's critical flags, and critical results in quarantine -----------
+
+
+def _flagged(control: str, *obx: str) -> bytes:
+    return hl7(
+        f"MSH|^~\\&|SUNQUEST|COUNTY LAB|EHR|HOSP|20261105083000-0500||ORU^R01|{control}|P|2.4",
+        "PID|1||CL-{control}^^^CNTY^MR||ROE^RICHARD",
+        f"OBR|1||ACC-{control}|BMP^Basic panel^L|||20261105080000-0500",
+        *obx,
+    )
+
+
+def _alerts(store: Engine) -> list[tuple[object, ...]]:
+    return rows(
+        store,
+        "SELECT c.loinc_code, c.direction, c.alert_source, c.quarantine_stage, "
+        "c.limit_value IS NULL, a.details->>'alert_source', a.severity "
+        "FROM critical_results c JOIN audit_log a ON a.seq = c.audit_seq ORDER BY c.loinc_code",
+    )
+
+
+def test_issue_16_item_2_hl7_sender_flags_hh_ll_aa_alert_with_their_source(
+    pg_store: Engine,
+) -> None:
+    data = _flagged(
+        "F1",
+        # Inside custody's rule limits, but the performing lab flagged them critical.
+        "OBX|1|NM|2345-7^Glucose^LN||48|mg/dL|70-99|LL|||F",
+        "OBX|2|NM|6690-2^WBC^LN||31.0|10*3/uL|4.0-11.0|HH|||F",
+        "OBX|3|ST|600-7^Blood culture^LN||Gram positive cocci||NEG|AA|||F",
+        # Past the rule table's potassium limit and flagged HH: one alert, both sources.
+        "OBX|4|NM|2823-3^Potassium^LN||6.9|mmol/L|3.5-5.1|HH|||F",
+        # Flag H (merely high) is not a critical flag.
+        "OBX|5|NM|2951-2^Sodium^LN||147|mmol/L|135-145|H|||F",
+    )
+    report = ingestor(pg_store).ingest("county.hl7", data)
+    assert (report.results, report.critical) == (5, 4)
+    assert _alerts(pg_store) == [
+        ("2345-7", "low", "sender_flag", None, True, "sender_flag", "critical"),
+        ("2823-3", "high", "rule_table+sender_flag", None, False, "rule_table+sender_flag",
+         "critical"),
+        ("600-7", "abnormal", "sender_flag", None, True, "sender_flag", "critical"),
+        ("6690-2", "high", "sender_flag", None, True, "sender_flag", "critical"),
+    ]  # fmt: skip
+
+
+FHIR_FLAGGED = b"""{"resourceType": "Bundle", "type": "collection", "entry": [
+ {"resource": {"resourceType": "Observation", "id": "hb-1", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+  "effectiveDateTime": "2026-11-05T08:00:00Z",
+  "valueQuantity": {"value": 7.9, "unit": "g/dL"},
+  "interpretation": [{"coding": [{"system":
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "LL"}]}]}},
+ {"resource": {"resourceType": "Observation", "id": "trop-1", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "10839-9"}]},
+  "effectiveDateTime": "2026-11-05T08:00:00Z",
+  "valueQuantity": {"value": 0.09, "unit": "ng/mL"},
+  "interpretation": [{"coding": [{"code": "critical"}]}]}},
+ {"resource": {"resourceType": "Observation", "id": "na-1", "status": "final",
+  "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2"}]},
+  "effectiveDateTime": "2026-11-05T08:00:00Z",
+  "valueQuantity": {"value": 139, "unit": "mmol/L"},
+  "interpretation": [{"coding": [{"code": "N"}]}]}}]}"""
+
+
+def test_issue_16_item_2_fhir_interpretation_hh_ll_aa_critical_alerts(pg_store: Engine) -> None:
+    report = ingestor(pg_store).ingest("bundle.json", FHIR_FLAGGED)
+    assert (report.results, report.critical) == (3, 2)
+    got = _alerts(pg_store)
+    assert [(g[0], g[1], g[2]) for g in got] == [
+        ("10839-9", "abnormal", "sender_flag"),
+        ("718-7", "low", "sender_flag"),
+    ]
+
+
+def test_issue_16_item_3_a_critical_result_quarantined_for_its_date_still_alerts(
+    pg_store: Engine,
+) -> None:
+    from custody.prefect_glue import critical_event_payload
+
+    payloads: list[dict[str, object]] = []
+    audit = AuditLog(
+        pg_store, KEYRING,
+        critical_listeners=[lambda e, seq: payloads.append(critical_event_payload(e, seq))],
+    )  # fmt: skip
+    labs = LabIngestor(
+        pg_store, audit, load_rules("default"), principal="test", correlation_id=None,
+        zone=ZoneInfo("UTC"),
+    )  # fmt: skip
+    data = _flagged(
+        "Q1",
+        "OBX|1|NM|2345-7^Glucose^LN||52|mg/dL|70-99|AA|||F|||20170229061500",  # no such day
+        "OBX|2|NM|2823-3^Potassium^LN||7.4|mmol/L|3.5-5.1||||F|||20170229061500",
+        "OBX|3|NM|2951-2^Sodium^LN||140|mmol/L|135-145|N|||F|||20170229061500",
+    )
+    report = labs.ingest("leap.hl7", data)
+    assert (report.results, report.quarantined, report.critical) == (0, 3, 2)
+    assert rows(pg_store, "SELECT count(*) FROM lab_results") == [(0,)]
+    assert [(g[0], g[2], g[3]) for g in _alerts(pg_store)] == [
+        ("2345-7", "sender_flag", "parse"),
+        ("2823-3", "rule_table", "parse"),
+    ]
+    quarantine = rows(pg_store, "SELECT source_position, reason FROM lab_quarantine ORDER BY 1")
+    assert all("OBX-14: bad timestamp" in str(reason) for _, reason in quarantine)
+    # What Prefect receives names the quarantine record (stage, position), never the value.
+    assert [
+        (p["quarantined"], p["quarantine_stage"], p["quarantine_position"]) for p in payloads
+    ] == [
+        (True, "parse", "message 1/OBR 1/OBX 1"),
+        (True, "parse", "message 1/OBR 1/OBX 2"),
+    ]
+    for payload in payloads:
+        shown = str({k: v for k, v in payload.items() if k not in ("audit_seq", "occurred_at")})
+        assert "52" not in shown and "7.4" not in shown and "2017" not in shown
+        assert "CL-Q1" not in shown and "ROE" not in shown

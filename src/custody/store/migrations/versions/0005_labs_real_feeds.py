@@ -18,9 +18,17 @@ def upgrade() -> None:
     # the HL7 sender (MSH-4) whose configured zone may have applied.
     op.add_column("lab_results", sa.Column("sender", sa.Text))
     op.add_column("lab_results", sa.Column("time_zone_source", sa.Text))
+    # Critical alerts from the sender's own flag (no rule limit), and for quarantined results.
+    with op.batch_alter_table("critical_results") as batch:
+        batch.alter_column("limit_value", existing_type=sa.Numeric, nullable=True)
+        batch.add_column(sa.Column("alert_source", sa.Text))
+        batch.add_column(sa.Column("quarantine_stage", sa.Text))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("critical_results") as batch:
+        batch.drop_column("quarantine_stage")
+        batch.drop_column("alert_source")
     with op.batch_alter_table("lab_results") as batch:
         batch.drop_column("time_zone_source")
         batch.drop_column("sender")
