@@ -89,6 +89,7 @@ class IngestSummary(BaseModel):
     rejected: int = 0
     results: int = 0
     quarantined: int = 0
+    not_results: int = 0
     critical: int = 0
     gated_files: int = 0
     quality: Literal["pass", "fail", "not run"] = "not run"
@@ -155,13 +156,14 @@ def _summarise(reports: list[dict[str, Any]], seconds: float) -> IngestSummary:
         files=len(reports), ingested=count("ingested"), skipped=count("skipped"),
         rejected=count("rejected"), results=sum(r["results"] for r in reports),
         quarantined=sum(r["quarantined"] for r in reports),
+        not_results=sum(r.get("not_results", 0) for r in reports),
         critical=sum(r["critical"] for r in reports), seconds=round(seconds, 2),
     )  # fmt: skip
 
 
 def _publish(reports: list[dict[str, Any]], summary: IngestSummary) -> None:
     run = current_flow_run_id() or "local"
-    columns = ("file", "format", "status", "results", "quarantined", "critical")
+    columns = ("file", "format", "status", "results", "quarantined", "not_results", "critical")
     publish_table(
         f"ingest-files-{run}", [{c: r[c] for c in columns} for r in reports],
         "Per file: counts only. Reasons for quarantined records are in lab_quarantine.",

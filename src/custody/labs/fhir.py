@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from custody.labs.model import (
     FormatMismatchError,
     LabResult,
+    NotAResult,
     Rejected,
     ResultStatus,
     SourceRef,
@@ -50,7 +51,7 @@ from custody.labs.model import (
 )
 
 JsonObject = dict[str, Any]
-Item = LabResult | Rejected
+Item = LabResult | Rejected | NotAResult
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -152,7 +153,7 @@ class _Code(NamedTuple):
 # Entry point and format detection
 
 
-def parse_fhir(data: bytes, file: str) -> Iterator[LabResult | Rejected]:
+def parse_fhir(data: bytes, file: str) -> Iterator[LabResult | Rejected | NotAResult]:
     """Normalise every Observation in a FHIR JSON or NDJSON file.
 
     The format is decided, and a file that is not FHIR JSON refused, when this is called rather
@@ -467,10 +468,34 @@ def _observation_results(obs: JsonObject, origin: _Origin, report: _Report | Non
         valued = _valued(components) if components else []
         if value is not None or not valued:
             only = _result(origin, "", common, code, value, _detail(obs, "Observation"))
-            return _quarantined_if_badly_dated([only], bad_times)
+            unused = None if value is not None else set[int]()
+            return [
+                *_quarantined_if_badly_dated([only], bad_times),
+                *_unread(components, origin, unused),
+            ]
     except _Invalid as exc:
         return [origin.reject(str(exc))]
-    return _quarantined_if_badly_dated(_components(valued, origin, common), bad_times)
+    items = _quarantined_if_badly_dated(_components(valued, origin, common), bad_times)
+    return [*items, *_unread(components, origin, {i for i, _ in valued})]
+
+
+def _unread(components: Any, origin: _Origin, used: set[int] | None = None) -> list[Item]:
+    """Components that give no result, each counted (issue 16 item 4): nothing vanishes."""
+    if not isinstance(components, list):
+        return []
+    counted: list[Item] = []
+    for index, component in enumerate(components):
+        if used is not None and index in used:
+            continue
+        where = origin.at(f"component {index}", origin.identity).source()
+        if used is None:
+            reason = "component of an Observation whose own value is the result"
+        elif isinstance(component, dict) and "dataAbsentReason" in component:
+            reason = "component with dataAbsentReason and no value"
+        else:
+            reason = "component without a value"
+        counted.append(NotAResult(source=where, reason=reason))
+    return counted
 
 
 def _components(

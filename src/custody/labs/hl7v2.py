@@ -37,6 +37,13 @@ _Value = tuple[Decimal | None, str | None, str | None]  # numeric, comparator, t
 _NO_VALUE: _Value = (None, None, None)
 
 _ENVELOPE = frozenset({"FHS", "BHS", "BTS", "FTS"})
+# Unsolicited laboratory observations (specimen-, container- or order-centred) carry OBX
+# exactly as ORU does; ORU^R30 (point of care) and other ORU triggers are accepted as ORU.
+_OUL_TRIGGERS = frozenset({"R21", "R22", "R23", "R24"})
+# OBX-11 codes under which an empty OBX-5 is what the sender means: no result was obtained
+# (X), none was asked (N), deleted (D, W), or still to come (I, O). Any other, e.g. F, with
+# no value is quarantined: a "final" result without a value is not a result.
+_NO_VALUE_STATUSES = frozenset({"X", "N", "D", "W", "I", "O"})
 _MLLP_TO_CR = str.maketrans({"\x0b": "\r", "\x1c": "\r"})
 _OBX_FIELDS = 24  # OBX-23 is the last field read; shorter segments are padded to spare checks
 _LEADING_BLANKS = " \t\f\ufeff"
@@ -116,6 +123,9 @@ class _Message:
     order_ref: str | None = None
     obr_collected: datetime | None = None
     obr_resulted: datetime | None = None
+    obr_collected_problem: str | None = None  # OBR-7 present but unreadable
+    obr_resulted_problem: str | None = None  # OBR-22 present but unreadable
+    specimen_collected: datetime | None = None  # SPM-17.1 (OUL^R22, ORU with SPM)
     occurrences: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
 
 
@@ -221,6 +231,15 @@ def _check_shape(segments: list[str]) -> None:
     """Refuse a file whose first segment is not an HL7 header or that has no MSH at all."""
     first = next((s.lstrip(_LEADING_BLANKS) for s in segments if s.strip()), "")
     if first[:3] not in ("MSH", "FHS", "BHS"):
+        before = next(
+            (i for i, s in enumerate(segments) if s.lstrip(_LEADING_BLANKS)[:3] == "MSH"), None
+        )
+        if before is not None:
+            lines = sum(1 for s in segments[:before] if s.strip())
+            raise FormatMismatchError(
+                f"not HL7 v2: {lines} line(s) before the first MSH (comment or header lines "
+                "are not HL7; an HL7 v2 file starts with MSH, FHS or BHS)"
+            )
         raise FormatMismatchError("not HL7 v2: the file does not start with MSH, FHS or BHS")
     if not any(s.lstrip(_LEADING_BLANKS)[:3] == "MSH" for s in segments):
         raise FormatMismatchError("not HL7 v2: the file holds no MSH segment")
@@ -268,6 +287,8 @@ def _segment(head: str, seg: str, msg: _Message, file: str) -> _Item | None:
             _enter_order(seg, msg)
         elif head == "PID":
             _enter_patient(seg, msg)
+        elif head == "SPM":
+            _enter_specimen(seg, msg)
     except Exception as exc:  # the contract: nothing but FormatMismatchError escapes
         source = SourceRef(file=file, message_id=msg.control_id, position=f"message {msg.number}")
         return Rejected(
@@ -359,9 +380,11 @@ def _msh_problem(fields: list[str], enc: _Encoding) -> str | None:
     if not fields[9].strip():
         return "MSH-10 (message control id) missing"
     kind = message_type.split(enc.component)
-    if kind[0].strip().upper() != "ORU":
+    family = kind[0].strip().upper()
+    trigger = kind[1].strip().upper() if len(kind) > 1 else ""
+    if family != "ORU" and not (family == "OUL" and trigger in _OUL_TRIGGERS):
         shown = _SAFE_TYPE_RE.sub("", "^".join(kind[:2]))
-        return f"MSH-9 is {shown[:20]}, not ORU"
+        return f"MSH-9 is {shown[:20]}, not ORU (R01, R30...) or OUL^R21-R24"
     return None
 
 
@@ -382,7 +405,16 @@ def _enter_patient(seg: str, msg: _Message) -> None:
     msg.patient_ref = _patient_ref(fields[3] if len(fields) > 3 else "", msg.enc)
     msg.obr_number = 0
     msg.order_ref = None
-    msg.obr_collected = msg.obr_resulted = None
+    msg.obr_collected = msg.obr_resulted = msg.specimen_collected = None
+    msg.obr_collected_problem = msg.obr_resulted_problem = None
+
+
+def _enter_specimen(seg: str, msg: _Message) -> None:
+    """An SPM gives the specimen's collection time (SPM-17.1), the fallback after OBR-7."""
+    fields = seg.split(msg.enc.field)
+    raw = fields[17] if len(fields) > 17 else ""
+    text = raw.split(msg.enc.repetition, 1)[0].split(msg.enc.component, 1)[0].strip()
+    msg.specimen_collected = _timestamp(text) if text else None
 
 
 def _patient_ref(raw: str, enc: _Encoding) -> str | None:
@@ -408,8 +440,13 @@ def _enter_order(seg: str, msg: _Message) -> None:
     msg.obx_number = 0
     filler = _first_component(fields[3], msg.enc)
     msg.order_ref = filler or _first_component(fields[2], msg.enc)
-    msg.obr_collected = _lenient_timestamp(fields[7], msg.enc)
-    msg.obr_resulted = _lenient_timestamp(fields[22], msg.enc)
+    # One rule for every time a result is dated by (OBX-14, OBX-19, OBR-7, OBR-22): present
+    # but unreadable quarantines the result, with the field named in the reason.
+    problems: list[str] = []
+    msg.obr_collected = _dating(fields[7], msg.enc, "OBR-7", problems)
+    msg.obr_collected_problem = problems.pop() if problems else None
+    msg.obr_resulted = _dating(fields[22], msg.enc, "OBR-22", problems)
+    msg.obr_resulted_problem = problems.pop() if problems else None
 
 
 # --- OBX -----------------------------------------------------------------------------------
@@ -432,8 +469,10 @@ def _observation(seg: str, msg: _Message, file: str) -> _Item:
     if not status_code and (msg.status_required or not fields[5].strip()):
         return Rejected(source=SourceRef(**source), reason=_missing_status_reason(fields, enc))
     bad_times: list[str] = []
-    collected = _dating(fields[14], enc, "OBX-14", bad_times) or msg.obr_collected
-    resulted = _dating(fields[19], enc, "OBX-19", bad_times) or msg.obr_resulted
+    collected = _dated_by(fields[14], "OBX-14", msg.obr_collected, msg.obr_collected_problem,
+                          enc, bad_times) or msg.specimen_collected  # fmt: skip
+    resulted = _dated_by(fields[19], "OBX-19", msg.obr_resulted, msg.obr_resulted_problem,
+                         enc, bad_times)  # fmt: skip
     zone_source = None
     if msg.msh_offset is not None and (_naive(collected) or _naive(resulted)):
         collected, resulted = _placed(collected, msg.msh_offset), _placed(resulted, msg.msh_offset)
@@ -459,7 +498,34 @@ def _observation(seg: str, msg: _Message, file: str) -> _Item:
     result = LabResult.model_validate(record)
     if bad_times:  # quarantined, but what was read still goes to the critical check
         return Rejected(source=SourceRef(**source), reason="; ".join(bad_times), result=result)
+    no_value = result.value_numeric is None and result.value_text is None
+    if no_value and status_code not in _NO_VALUE_STATUSES:
+        reason = (
+            f"OBX-5 (value) empty with OBX-11 result status {status_code or 'missing'}: only "
+            "X, N, D, W, I or O may come without a value"
+        )
+        return Rejected(source=SourceRef(**source), reason=reason, result=result)
     return result
+
+
+def _dated_by(
+    raw: str,
+    name: str,
+    fallback: datetime | None,
+    fallback_problem: str | None,
+    enc: _Encoding,
+    problems: list[str],
+) -> datetime | None:
+    """The OBX's own time, else its OBR's: whichever dates the result must be readable.
+
+    One rule for OBX-14/OBR-7 and OBX-19/OBR-22: a time that is present but unreadable
+    quarantines the result it dates, with the field named in the reason.
+    """
+    if raw.strip():
+        return _dating(raw, enc, name, problems)
+    if fallback_problem is not None:
+        problems.append(fallback_problem)
+    return fallback
 
 
 def _dating(raw: str, enc: _Encoding, name: str, problems: list[str]) -> datetime | None:
@@ -744,12 +810,6 @@ def _strict_timestamp(raw: str, enc: _Encoding, name: str) -> datetime | None:
     if value is None:
         raise _BadTimestampError(f"{name}: bad timestamp {_showable(text)}")
     return value
-
-
-def _lenient_timestamp(raw: str, enc: _Encoding) -> datetime | None:
-    """An OBR fallback time: only context, so an unreadable one is dropped, not fatal."""
-    text = raw.split(enc.component, 1)[0].strip()
-    return _timestamp(text) if text else None
 
 
 def _showable(text: str) -> str:

@@ -11,6 +11,7 @@ announced to Prefect) as soon as the file is parsed.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from custody.chunks.retry import is_transient
 from custody.db import is_postgres, utc_now
 from custody.errors import CustodyError, safe_error
 from custody.labs.critical import CriticalFinding, CriticalRules
-from custody.labs.model import FormatMismatchError, LabResult, Rejected, SourceRef
+from custody.labs.model import FormatMismatchError, LabResult, NotAResult, Rejected, SourceRef
 from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
 from custody.labs.validate import problems
 from custody.labs.zones import ZonePolicy
@@ -63,6 +64,7 @@ class FileReport:
     critical: int = 0
     reason: str | None = None
     parse_seconds: float = 0.0
+    not_results: int = 0  # items counted as not a result (e.g. dataAbsentReason components)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,12 @@ def detect_format(data: bytes) -> Literal["hl7v2", "fhir", "csv"]:
         return "hl7v2"
     if head.startswith((b"{", b"[")):
         return "fhir"
+    if _HL7_LATER.search(data[:4096]):  # comment lines before an MSH: HL7 that says why not
+        return "hl7v2"
     return "csv"
+
+
+_HL7_LATER = re.compile(rb"[\r\n](?:MSH|FHS|BHS)[|^~\\&#!]")
 
 
 def parse(data: bytes, file: str, fmt: str, csv_layout: CsvLayout = "default") -> Iterator[Any]:
@@ -147,6 +154,9 @@ class LabIngestor:
         if seen == "rejected":  # quarantined before: say so again, record nothing twice
             return FileReport(file, digest, None, "rejected", reason="rejected before")
         kind = detect_format(data) if fmt == "auto" else fmt
+        if fmt == "auto" and not data.strip(b" \t\r\n\x0b\x1c\x0c\xef\xbb\xbf"):
+            reason = "empty file: nothing to read as HL7 v2, FHIR or CSV"
+            return self._reject_file(file, digest, kind, len(data), reason)
         started = time.perf_counter()
         try:
             records = list(parse(data, file, kind, self.csv_layout))
@@ -155,7 +165,11 @@ class LabIngestor:
         good: list[LabResult] = []
         bad: list[tuple[SourceRef, str, str]] = []
         findings: list[Alert] = []
+        not_results = 0
         for record in records:
+            if isinstance(record, NotAResult):
+                not_results += 1
+                continue
             if isinstance(record, Rejected):
                 bad.append((record.source, "parse", record.reason))
                 if record.result is not None:  # critical even though quarantined: alert
@@ -173,7 +187,9 @@ class LabIngestor:
         seqs = [self._announce(f, digest) for f in findings]  # before the commit: immediately
         try:
             with self.store.begin() as conn:
-                self._land(conn, file, digest, kind, len(data), good, bad, findings, seqs)
+                self._land(
+                    conn, file, digest, kind, len(data), good, bad, findings, seqs, not_results
+                )
         except (DBAPIError, psycopg.Error) as exc:
             # The server's message may quote a value ("COPY ..., column value_numeric: ..."):
             # PHI that must not travel with the exception into Prefect's logs, states or
@@ -188,8 +204,9 @@ class LabIngestor:
         if refused is not None:
             raise refused
         return FileReport(
-            file, digest, kind, "ingested", len(good), len(bad), len(findings), None, parsed
-        )
+            file, digest, kind, "ingested", len(good), len(bad), len(findings), None, parsed,
+            not_results,
+        )  # fmt: skip
 
     def _alert(self, result: LabResult, quarantine_stage: str | None) -> list[Alert]:
         finding = self.rules.check(result)
@@ -238,6 +255,7 @@ class LabIngestor:
         bad: list[tuple[SourceRef, str, str]],
         findings: list[Alert],
         seqs: list[int],
+        not_results: int = 0,
     ) -> None:
         now = utc_now()
         if good:
@@ -269,7 +287,7 @@ class LabIngestor:
             insert(lab_files).values(
                 file_sha256=digest, source_file=file, format=kind, status="ingested",
                 results=len(good), quarantined=len(bad), critical=len(findings), bytes=size,
-                ingested_at=now, correlation_id=self.correlation_id,
+                not_results=not_results, ingested_at=now, correlation_id=self.correlation_id,
             )
         )  # fmt: skip
         action = _PROCESSED[kind]

@@ -91,6 +91,19 @@ class Rejected(BaseModel):
     )
 
 
+class NotAResult(BaseModel):
+    """An item of a file that is deliberately not a result, counted so that nothing vanishes.
+
+    E.g. a FHIR component carrying only ``dataAbsentReason`` ("not performed"): there is no
+    value to store and nothing wrong to quarantine, but the file's summary still counts it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    source: SourceRef
+    reason: str
+
+
 class FormatMismatchError(ValueError):
     """The whole file is not what it claims to be (wrong format, binary, empty, bad encoding).
 

@@ -69,6 +69,7 @@ lab_files = Table(
     Column("quarantined", BigInteger, nullable=False),
     Column("critical", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
+    Column("not_results", BigInteger),  # items counted as not a result (issue 16 item 4)
     Column("ingested_at", UTCDateTime, nullable=False),
     Column("correlation_id", Text),
 )

@@ -256,3 +256,111 @@ def test_issue_16_item_3_a_critical_result_quarantined_for_its_date_still_alerts
         shown = str({k: v for k, v in payload.items() if k not in ("audit_seq", "occurred_at")})
         assert "52" not in shown and "7.4" not in shown and "2017" not in shown
         assert "CL-Q1" not in shown and "ROE" not in shown
+
+
+# --- items 4, 5, 6: nothing dropped, empty finals quarantined, what real feeds send ----------
+
+FHIR_PANEL = b"""{"resourceType": "Observation", "id": "bp-panel-1", "status": "final",
+ "code": {"coding": [{"system": "http://loinc.org", "code": "24362-6"}]},
+ "effectiveDateTime": "2026-10-02T07:45:00-04:00",
+ "component": [
+  {"code": {"coding": [{"system": "http://loinc.org", "code": "2947-0"}]},
+   "valueQuantity": {"value": 141, "unit": "mmol/L"}},
+  {"code": {"coding": [{"system": "http://loinc.org", "code": "6298-4"}]},
+   "dataAbsentReason": {"coding": [{"code": "not-performed"}], "text": "Not performed"}},
+  {"code": {"coding": [{"system": "http://loinc.org", "code": "2069-3"}]},
+   "valueQuantity": {"value": 104, "unit": "mmol/L"}}]}"""
+
+
+def test_issue_16_item_4_data_absent_component_is_counted_in_the_file_summary(
+    pg_store: Engine,
+) -> None:
+    report = ingestor(pg_store).ingest("panel.json", FHIR_PANEL)
+    assert (report.results, report.quarantined, report.not_results) == (2, 0, 1)
+    assert rows(pg_store, "SELECT results, quarantined, not_results FROM lab_files") == [(2, 0, 1)]
+    assert rows(pg_store, "SELECT loinc_code FROM lab_results ORDER BY 1") == [
+        ("2069-3",), ("2947-0",)
+    ]  # fmt: skip
+
+
+def test_issue_16_item_5_empty_final_value_is_quarantined_but_x_and_n_are_stored(
+    pg_store: Engine,
+) -> None:
+    data = _flagged(
+        "E1",
+        "OBX|1|NM|2345-7^Glucose^LN|||mg/dL|70-99||||F",  # final, no value: quarantined
+        "OBX|2|NM|2823-3^Potassium^LN|||mmol/L|3.5-5.1||||X",  # specimen hemolysed: no value
+        "OBX|3|NM|2951-2^Sodium^LN|||mmol/L|135-145||||N",  # not asked
+        "OBX|4|ST|5778-6^Color of Urine^LN||||||||C",  # a correction without a value
+    )
+    report = ingestor(pg_store).ingest("empties.hl7", data)
+    assert (report.results, report.quarantined) == (2, 2)
+    assert rows(
+        pg_store, "SELECT loinc_code, status, value_numeric, value_text FROM lab_results ORDER BY 1"
+    ) == [("2823-3", "cancelled", None, None), ("2951-2", "cancelled", None, None)]
+    reasons = rows(pg_store, "SELECT source_position, reason FROM lab_quarantine ORDER BY 1")
+    assert reasons == [
+        ("message 1/OBR 1/OBX 1", "OBX-5 (value) empty with OBX-11 result status F: only X, N, "
+         "D, W, I or O may come without a value"),
+        ("message 1/OBR 1/OBX 4", "OBX-5 (value) empty with OBX-11 result status C: only X, N, "
+         "D, W, I or O may come without a value"),
+    ]  # fmt: skip
+
+
+OUL_R22 = hl7(
+    "MSH|^~\\&|ANALYZER|CORE LAB|LIS|HOSP|20261201094500-0500||OUL^R22^OUL_R22|OUL-1|P|2.5.1",
+    "PID|1||UL-1^^^HOSP^MR",
+    "SPM|1|SP-88||BLD^Whole blood^HL70487|||||||||||||20261201090000-0500",
+    "OBR|1||ACC-OUL1|718-7^Hemoglobin^LN",
+    "ORC|SC|ACC-OUL1",
+    "OBX|1|NM|718-7^Hemoglobin^LN||12.9|g/dL|12.0-16.0|N|||F",
+)
+ORU_R30 = hl7(
+    "MSH|^~\\&|POC|ICU METER|LIS|HOSP|20261201100000-0500||ORU^R30^ORU_R30|POC-1|P|2.5.1",
+    "PID|1||UL-2^^^HOSP^MR",
+    "ORC|NW|POC-ORD-1",
+    "OBR|1|POC-ORD-1||2345-7^Glucose^LN|||20261201095500-0500",
+    "OBX|1|NM|2345-7^Glucose^LN||118|mg/dL|70-99|H|||F",
+)
+
+
+def test_issue_16_item_6_oul_r22_and_oru_r30_are_ingested(pg_store: Engine) -> None:
+    labs = ingestor(pg_store)
+    assert labs.ingest("oul.hl7", OUL_R22).results == 1
+    assert labs.ingest("poc.hl7", ORU_R30).results == 1
+    assert rows(pg_store, "SELECT order_ref, collected_at FROM lab_results ORDER BY 1") == [
+        ("ACC-OUL1", dt.datetime(2026, 12, 1, 14, 0, tzinfo=UTC)),  # SPM-17, no OBR-7
+        ("POC-ORD-1", dt.datetime(2026, 12, 1, 14, 55, tzinfo=UTC)),
+    ]
+
+
+def test_issue_16_item_6_a_malformed_obr22_quarantines_with_a_reason_like_obx19(
+    pg_store: Engine,
+) -> None:
+    data = hl7(
+        "MSH|^~\\&|LIS|NORTH LAB|EHR|HOSP|20261202080000-0500||ORU^R01|M-1|P|2.5.1",
+        "PID|1||NL-1^^^HOSP^MR",
+        "OBR|1||ACC-M1|BMP^BMP^L|||20261202070000-0500|||||||||||||||2026-12-02|||F",
+        "OBX|1|NM|2345-7^Glucose^LN||90|mg/dL|70-99|N|||F",
+        "OBR|2||ACC-M2|BMP^BMP^L|||20261202070000-0500",
+        "OBX|1|NM|2345-7^Glucose^LN||91|mg/dL|70-99|N|||F||||||||2026-12-02",
+    )
+    report = ingestor(pg_store).ingest("bad-times.hl7", data)
+    assert (report.results, report.quarantined) == (0, 2)
+    assert rows(pg_store, "SELECT reason FROM lab_quarantine ORDER BY source_position") == [
+        ("OBR-22: bad timestamp '2026-12-02'",), ("OBX-19: bad timestamp '2026-12-02'",)
+    ]  # fmt: skip
+
+
+def test_issue_16_item_6_comment_lines_or_an_empty_file_are_rejected_naming_hl7(
+    pg_store: Engine,
+) -> None:
+    labs = ingestor(pg_store)
+    commented = b"# export from LIS\r# 2026-12-02\r" + ORU_R30
+    report = labs.ingest("export.hl7", commented)
+    assert report.status == "rejected" and report.reason is not None
+    assert report.reason.startswith("not HL7 v2: 2 line(s) before the first MSH"), report.reason
+    empty = labs.ingest("empty.hl7", b"\r\n")
+    assert empty.status == "rejected" and empty.reason is not None
+    assert "HL7 v2" in empty.reason and "CSV columns" not in empty.reason
+    assert rows(pg_store, "SELECT stage, count(*) FROM lab_quarantine GROUP BY 1") == [("file", 2)]

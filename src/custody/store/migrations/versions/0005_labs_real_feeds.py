@@ -18,6 +18,8 @@ def upgrade() -> None:
     # the HL7 sender (MSH-4) whose configured zone may have applied.
     op.add_column("lab_results", sa.Column("sender", sa.Text))
     op.add_column("lab_results", sa.Column("time_zone_source", sa.Text))
+    # Items of a file counted as not a result (a FHIR component with only dataAbsentReason).
+    op.add_column("lab_files", sa.Column("not_results", sa.BigInteger))
     # Critical alerts from the sender's own flag (no rule limit), and for quarantined results.
     with op.batch_alter_table("critical_results") as batch:
         batch.alter_column("limit_value", existing_type=sa.Numeric, nullable=True)
@@ -26,6 +28,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("lab_files") as batch:
+        batch.drop_column("not_results")
     with op.batch_alter_table("critical_results") as batch:
         batch.drop_column("quarantine_stage")
         batch.drop_column("alert_source")
