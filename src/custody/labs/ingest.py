@@ -28,6 +28,7 @@ from custody.chunks.retry import is_transient
 from custody.db import is_postgres, utc_now
 from custody.errors import CustodyError, safe_error
 from custody.labs.critical import CriticalFinding, CriticalRules
+from custody.labs.history import record_replacements
 from custody.labs.model import FormatMismatchError, LabResult, NotAResult, Rejected, SourceRef
 from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
 from custody.labs.validate import problems
@@ -203,8 +204,9 @@ class LabIngestor:
             refused = None
         if refused is not None:
             raise refused
+        landed = len({r.result_id for r in good})  # a result sent twice in a file counts once
         return FileReport(
-            file, digest, kind, "ingested", len(good), len(bad), len(findings), None, parsed,
+            file, digest, kind, "ingested", landed, len(bad), len(findings), None, parsed,
             not_results,
         )  # fmt: skip
 
@@ -258,8 +260,14 @@ class LabIngestor:
         not_results: int = 0,
     ) -> None:
         now = utc_now()
+        replaced: list[AuditEvent] = []
         if good:
-            self._upsert(conn, [_row(r, digest, now) for r in good])
+            rows = [_row(r, digest, now) for r in good]
+            replaced = record_replacements(
+                conn, rows, digest, now, principal=self.principal,
+                correlation_id=self.correlation_id,
+            )  # fmt: skip
+            self._upsert(conn, rows)
         if bad:
             conn.execute(
                 insert(lab_quarantine),
@@ -286,7 +294,8 @@ class LabIngestor:
         conn.execute(
             insert(lab_files).values(
                 file_sha256=digest, source_file=file, format=kind, status="ingested",
-                results=len(good), quarantined=len(bad), critical=len(findings), bytes=size,
+                results=len({r.result_id for r in good}), quarantined=len(bad),
+                critical=len(findings), bytes=size,
                 not_results=not_results, ingested_at=now, correlation_id=self.correlation_id,
             )
         )  # fmt: skip
@@ -300,8 +309,8 @@ class LabIngestor:
             )
             for r in good
         ]  # fmt: skip
-        if events:
-            self.audit.append_in(conn, events)
+        if events or replaced:
+            self.audit.append_in(conn, [*replaced, *events])
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         if is_postgres(conn.dialect):

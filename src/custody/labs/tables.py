@@ -6,7 +6,8 @@ These tables hold PHI: they stay inside the database, behind its access controls
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, Numeric, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, Numeric, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from custody.db import UTCDateTime
 
@@ -90,4 +91,20 @@ critical_results = Table(
     Column("detected_at", UTCDateTime, nullable=False),
     Column("acknowledged_at", UTCDateTime),
     Column("acknowledged_by", Text),
+)
+
+# A stored result replaced by a later file (same order, test and occurrence: a correction, a
+# cancellation, a resend): the row as it was, so that a result never silently changes.
+lab_results_history = Table(
+    "lab_results_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_id", Text, nullable=False),
+    Column("file_sha256", Text, nullable=False),  # the file that had landed the replaced row
+    Column("replaced_by_file", Text, nullable=False),  # the file whose result replaced it
+    Column("previous_status", Text, nullable=False),
+    Column("new_status", Text, nullable=False),
+    Column("previous", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    Column("replaced_at", UTCDateTime, nullable=False),
+    Column("correlation_id", Text),
 )

@@ -6,6 +6,7 @@ Each test ingests into a real PostgreSQL store and reads the outcome back with i
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, text
@@ -364,3 +365,65 @@ def test_issue_16_item_6_comment_lines_or_an_empty_file_are_rejected_naming_hl7(
     assert empty.status == "rejected" and empty.reason is not None
     assert "HL7 v2" in empty.reason and "CSV columns" not in empty.reason
     assert rows(pg_store, "SELECT stage, count(*) FROM lab_quarantine GROUP BY 1") == [("file", 2)]
+
+
+# --- item 7: counts that add up, and the history of what a correction replaced ---------------
+
+
+def _potassium(control: str, value: str, status: str) -> bytes:
+    return hl7(
+        f"MSH|^~\\&|LIS|WEST LAB|EHR|HOSP|20261203091500-0500||ORU^R01|{control}|P|2.5.1",
+        "PID|1||WL-7^^^HOSP^MR",
+        "OBR|1||ACC-W7|BMP^BMP^L|||20261203080000-0500",
+        f"OBX|1|NM|2823-3^Potassium^LN||{value}|mmol/L|3.5-5.1|N|||{status}",
+        "OBX|2|NM|2951-2^Sodium^LN||139|mmol/L|135-145|N|||F",
+    )
+
+
+def test_issue_16_item_7_a_correction_moves_the_count_and_keeps_the_replaced_row(
+    pg_store: Engine,
+) -> None:
+    labs = ingestor(pg_store)
+    first = labs.ingest("first.hl7", _potassium("W-1", "4.1", "F"))
+    second = labs.ingest("second.hl7", _potassium("W-2", "4.6", "C"))
+    assert (first.results, second.results) == (2, 2)
+    # Both results of the first file were replaced (the sodium resent unchanged, the
+    # potassium corrected): the first file no longer claims them.
+    assert rows(pg_store, "SELECT results FROM lab_files ORDER BY ingested_at") == [(0,), (2,)]
+    assert rows(pg_store, "SELECT sum(results) FROM lab_files") == rows(
+        pg_store, "SELECT count(*) FROM lab_results"
+    )
+    history = rows(
+        pg_store,
+        "SELECT h.previous_status, h.new_status, h.previous->>'value_numeric', "
+        "h.file_sha256 = f.file_sha256 FROM lab_results_history h "
+        "JOIN lab_files f ON f.source_file = 'first.hl7' ORDER BY h.previous->>'loinc_code'",
+    )
+    assert history == [("final", "corrected", "4.1", True), ("final", "final", "139", True)]
+    events = rows(
+        pg_store,
+        "SELECT details->>'previous_status', details->>'new_status' FROM audit_log "
+        "WHERE action = 'lab.result.replaced' ORDER BY seq",
+    )
+    assert sorted(events) == [("final", "corrected"), ("final", "final")]
+    assert rows(
+        pg_store, "SELECT value_numeric, status FROM lab_results WHERE code = '2823-3'"
+    ) == [(Decimal("4.6"), "corrected")]
+
+
+def test_issue_16_item_7_a_cancellation_keeps_history_and_a_rerun_changes_nothing(
+    pg_store: Engine,
+) -> None:
+    labs = ingestor(pg_store)
+    labs.ingest("first.hl7", _potassium("X-1", "4.1", "F"))
+    cancelled = _potassium("X-2", "", "X")
+    labs.ingest("cancel.hl7", cancelled)
+    labs.ingest("cancel.hl7", cancelled)  # same content again: skipped, no second history row
+    assert rows(
+        pg_store,
+        "SELECT previous_status, new_status, previous->>'value_numeric' FROM lab_results_history "
+        "WHERE result_id IN (SELECT result_id FROM lab_results WHERE code = '2823-3')",
+    ) == [("final", "cancelled", "4.1")]
+    assert rows(
+        pg_store, "SELECT count(*) FROM audit_log WHERE action = 'lab.result.replaced'"
+    ) == [(2,)]
