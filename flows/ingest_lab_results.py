@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from custody.audit import AuditStatus, DataClassification
 from custody.labs.critical import load_rules
+from custody.labs.sources import source_label
 from custody.prefect_glue import current_flow_run_id, publish_markdown, publish_table
 from custody.storage import check_prefix
 from flows.params import check_timezone
@@ -118,14 +119,15 @@ def ingest_lab_results(params: IngestParams) -> IngestSummary:
     started = time.monotonic()
     load_rules(params.critical_rules)  # a bad rule set fails before anything is read
     record_event(
-        "lab.ingestion.started", AuditStatus.STARTED, "lab_source", params.source,
+        "lab.ingestion.started", AuditStatus.STARTED, "lab_source", source_label(params.source),
         details={"format": params.format},
     )  # fmt: skip
     refs = list_lab_files(params.source, params.include)
-    groups = [refs[i : i + params.chunk_size] for i in range(0, len(refs), params.chunk_size)]
+    starts = list(range(0, len(refs), params.chunk_size))
+    groups = [refs[i : i + params.chunk_size] for i in starts]
     futures = ingest_lab_files.map(
         params.source, groups, params.format, params.csv_layout, params.critical_rules,
-        params.timezone,
+        params.timezone, [i + 1 for i in starts],
     )  # fmt: skip
     reports: list[dict[str, Any]] = [r for f in futures for r in f.result()]
     landed = [r["sha256"] for r in reports if r["status"] == "ingested" and r["results"]]
@@ -140,7 +142,7 @@ def ingest_lab_results(params: IngestParams) -> IngestSummary:
         summary.quality_failed = quality.failed
     record_event(
         "lab.ingestion.completed", summary.status,
-        "lab_source", params.source, details=summary.model_dump(),
+        "lab_source", source_label(params.source), details=summary.model_dump(),
         classification=DataClassification.INTERNAL,
     )  # fmt: skip
     _publish(reports, summary)
@@ -163,10 +165,13 @@ def _summarise(reports: list[dict[str, Any]], seconds: float) -> IngestSummary:
 
 def _publish(reports: list[dict[str, Any]], summary: IngestSummary) -> None:
     run = current_flow_run_id() or "local"
-    columns = ("file", "format", "status", "results", "quarantined", "not_results", "critical")
+    columns = ("format", "status", "results", "quarantined", "not_results", "critical")
     publish_table(
-        f"ingest-files-{run}", [{c: r[c] for c in columns} for r in reports],
-        "Per file: counts only. Reasons for quarantined records are in lab_quarantine.",
+        f"ingest-files-{run}",
+        [{"file": r["seq"], "sha256": r["sha256"][:16], **{c: r[c] for c in columns}}
+         for r in reports],
+        "Per file (by sequence number and content digest, never by name: a name may carry "
+        "PHI): counts only. Reasons for quarantined records are in lab_quarantine.",
     )  # fmt: skip
     lines = [f"| {k} | {v} |" for k, v in summary.model_dump().items()]
     publish_markdown(

@@ -11,10 +11,16 @@ from zoneinfo import ZoneInfo
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from custody.errors import CustodyError
 from custody.labs.critical import load_rules
 from custody.labs.gating import ungated_files
 from custody.labs.ingest import CsvLayout, Format, LabIngestor
+from custody.labs.sources import (
+    SymlinkRefusedError,
+    check_local_source,
+    inbox_roots,
+    list_inbox,
+    read_inbox_file,
+)
 from custody.labs.zones import ZonePolicy, source_zone, zone_named
 from custody.quality import QualityResult
 from custody.storage import open_store
@@ -23,10 +29,6 @@ from tasks.runtime import runtime
 
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 STORE_PREFIX = "store:"
-
-
-class LabSourceError(CustodyError):
-    """The source names nothing that can be read; nothing was ingested."""
 
 
 @task(
@@ -45,16 +47,8 @@ def list_lab_files(source: str, include: list[str]) -> list[str]:
             return [prefix]
         keys = [o.key for o in store.list(prefix)]
         return sorted(k for k in keys if _matches(k.rsplit("/", 1)[-1], include))
-    root = Path(source)
-    if not root.is_absolute() or not root.exists():
-        raise LabSourceError(f"source {source!r} is not an existing absolute path or store:prefix")
-    if root.is_file():
-        return [root.name] if _matches(root.name, include) else []
-    return sorted(
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and _matches(p.name, include)
-    )
+    root = _local_root(source)
+    return [ref for ref in list_inbox(root) if _matches(ref.rsplit("/", 1)[-1], include)]
 
 
 @task(
@@ -71,10 +65,13 @@ def ingest_lab_files(
     csv_layout: CsvLayout,
     rules: str,
     timezone: str,
+    first: int = 1,
 ) -> list[dict[str, Any]]:
     """Ingest a group of files, each in its own transaction; returns per-file counts only.
 
-    A retry after a crash is safe: files already landed are skipped by content hash.
+    A retry after a crash is safe: files already landed are skipped by content hash. Files
+    are named in the returned rows by sequence number (``first`` for the group's first) and
+    digest only: a file name may carry PHI (issue 15 item 5).
     """
     rt = runtime()
     zones = ZonePolicy(
@@ -91,9 +88,16 @@ def ingest_lab_files(
         zones=zones,
     )  # fmt: skip
     reports = []
-    for ref in refs:
-        report = ingestor.ingest(ref, _read(source, ref), fmt)
+    for seq, ref in enumerate(refs, first):
+        try:
+            data = _read(source, ref)
+        except SymlinkRefusedError as exc:
+            report = ingestor.refuse(ref, str(exc))
+        else:
+            report = ingestor.ingest(ref, data, fmt)
         row = asdict(report)
+        del row["file"]
+        row["seq"] = seq
         row["parse_seconds"] = round(report.parse_seconds, 4)
         reports.append(row)
     return reports
@@ -129,8 +133,12 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
+def _local_root(source: str) -> Path:
+    settings = runtime().settings
+    return check_local_source(source, inbox_roots(settings.lab_inbox_roots, settings.work_dir))
+
+
 def _read(source: str, ref: str) -> bytes:
     if source.startswith(STORE_PREFIX):
         return open_store().get(ref)
-    root = Path(source)
-    return root.read_bytes() if root.is_file() else (root / ref).read_bytes()
+    return read_inbox_file(_local_root(source), ref)

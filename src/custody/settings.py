@@ -87,6 +87,16 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64, description="Worker processes of the per-run local Dask cluster."
     )
 
+    lab_inbox_roots: list[Path] = Field(
+        default_factory=list,
+        description="Lab ingestion: the directories a local source must be inside, as JSON: "
+        "CUSTODY_LAB_INBOX_ROOTS='[\"/srv/lab-inbox\"]'. Default: <work_dir>/inbox.",
+    )
+    lab_rules_dir: Path | None = Field(
+        default=None,
+        description="Lab ingestion: a directory of site critical-value rule sets (<name>.json), "
+        "chosen by name like the packaged ones.",
+    )
     lab_sender_zones: dict[str, str] = Field(
         default_factory=dict,
         description="Lab ingestion: IANA time zone per HL7 sender (MSH-4 sending facility) for "

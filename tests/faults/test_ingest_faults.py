@@ -10,6 +10,7 @@ once, and the audit chain intact.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ def _exactly_once(store: Engine, inbox: Inbox) -> None:
 
 @pytest.fixture
 def inbox(prefect_api: str, pg_store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CUSTODY_LAB_INBOX_ROOTS", json.dumps([str(tmp_path)]))
     set_custody_env(monkeypatch, store_url=pg_store.url.render_as_string(hide_password=False))
     return _inbox(tmp_path / "inbox")
 
@@ -162,6 +164,7 @@ def test_sigkill_inside_a_file_transaction_then_a_rerun_finishes(
     env = {
         **os.environ,
         **custody_env(pg_store.url.render_as_string(hide_password=False)),
+        "CUSTODY_LAB_INBOX_ROOTS": json.dumps([str(inbox.root)]),
         "PREFECT_API_URL": prefect_api,
     }
     args = flow_command(

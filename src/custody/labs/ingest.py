@@ -30,6 +30,7 @@ from custody.errors import CustodyError, safe_error
 from custody.labs.critical import CriticalFinding, CriticalRules
 from custody.labs.history import record_replacements
 from custody.labs.model import FormatMismatchError, LabResult, NotAResult, Rejected, SourceRef
+from custody.labs.sources import name_digest
 from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
 from custody.labs.validate import problems
 from custody.labs.zones import ZonePolicy
@@ -196,8 +197,8 @@ class LabIngestor:
             # PHI that must not travel with the exception into Prefect's logs, states or
             # persisted results, not even as its __context__: raised below, outside this block.
             refused: LabStoreError | None = LabStoreError(
-                f"file {file}: the store refused its results ({safe_error(exc)}); none of them "
-                "was stored",
+                f"file sha256 {digest[:16]}: the store refused its results ({safe_error(exc)}); "
+                "none of them was stored",
                 transient=is_transient(exc),
             )
         else:
@@ -324,7 +325,20 @@ class LabIngestor:
                 rows[start : start + 1000],
             )
 
-    def _reject_file(self, file: str, digest: str, kind: str, size: int, reason: str) -> FileReport:
+    def refuse(self, file: str, reason: str) -> FileReport:
+        """Quarantine an inbox entry whose content is never read (a symlink), once."""
+        digest = name_digest(file)
+        with self.store.connect() as conn:
+            seen = conn.execute(
+                select(lab_files.c.status).where(lab_files.c.file_sha256 == digest)
+            ).scalar()
+        if seen is not None:
+            return FileReport(file, digest, None, "rejected", reason="rejected before")
+        return self._reject_file(file, digest, None, 0, reason)
+
+    def _reject_file(
+        self, file: str, digest: str, kind: str | None, size: int, reason: str
+    ) -> FileReport:
         now = utc_now()
         with self.store.begin() as conn:
             conn.execute(
