@@ -57,7 +57,9 @@ class IngestParams(BaseModel):
     )
     critical_rules: str = Field(
         default="default", title="Critical-value rule set",
-        description="A rule set name shipped with custody, or the path of a site's JSON file.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="A rule set name: one shipped with custody or a site's <name>.json in the "
+        "configured rules directory (CUSTODY_LAB_RULES_DIR). Never a path.",
     )  # fmt: skip
     timezone: str = Field(
         default="UTC", title="Time zone of times sent without one", description="IANA name."

@@ -353,7 +353,17 @@ def _ingest(c: Canaries, inbox: Path, store: Engine) -> tuple[list[Any], str, se
     assert all(q.source_file.startswith("feed-") or q.source_file in names for q in quarantined)
     assert len(criticals) == expected.critical
     assert [s for (s,) in files].count("rejected") == expected.rejected
-    return [summary], str(state.state_details.flow_run_id), {seq for (seq,) in criticals}
+    # Issue 15 item 2: a rule-set "path" at a file full of PHI is refused before it is read.
+    refused = ingest_lab_results(
+        params={"source": str(inbox), "critical_rules": str(inbox / "feed-b.json")},  # type: ignore[arg-type]
+        return_state=True,
+    )
+    assert refused.is_failed(), refused
+    return (
+        [summary, str(refused.message)],
+        str(state.state_details.flow_run_id),
+        {seq for (seq,) in criticals},
+    )
 
 
 def _report(c: Canaries, store: Engine) -> list[Any]:
