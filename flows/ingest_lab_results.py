@@ -89,6 +89,7 @@ class IngestSummary(BaseModel):
     files: int = 0
     ingested: int = 0
     skipped: int = 0
+    claimed: int = 0  # held by an overlapping run, which lands them (issue 15 item 10)
     rejected: int = 0
     results: int = 0
     quarantined: int = 0
@@ -158,6 +159,7 @@ def _summarise(reports: list[dict[str, Any]], seconds: float) -> IngestSummary:
 
     return IngestSummary(
         files=len(reports), ingested=count("ingested"), skipped=count("skipped"),
+        claimed=count("claimed"),
         rejected=count("rejected"), results=sum(r["results"] for r in reports),
         quarantined=sum(r["quarantined"] for r in reports),
         not_results=sum(r.get("not_results", 0) for r in reports),

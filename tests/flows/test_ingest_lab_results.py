@@ -18,7 +18,13 @@ from custody.audit import AuditLog, AuditStatus, Keyring, verify_chain
 from custody.labs import ingest as ingest_module
 from custody.labs.critical import load_rules
 from custody.labs.ingest import LabIngestor
-from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
+from custody.labs.tables import (
+    critical_results,
+    lab_files,
+    lab_quarantine,
+    lab_results,
+    lab_results_history,
+)
 from custody.store.tables import audit_log
 from flows.ingest_lab_results import IngestParams, ingest_lab_results
 from tests.support.env import TEST_KEYS, set_custody_env
@@ -96,10 +102,15 @@ def test_every_sample_file_lands_or_is_quarantined_and_a_rerun_adds_nothing(
 
 
 def _upserted_twice(store: Engine) -> int:
-    """Results sent twice (a corrected resend of the same order) land once, by result id."""
+    """Results sent twice (a corrected resend of the same order) land once, by result id.
+
+    Issue 16 item 7: the replaced rows are kept in lab_results_history, and the files'
+    counts add up to the stored results.
+    """
     with store.connect() as conn:
         per_file = conn.execute(select(func.sum(lab_files.c.results))).scalar_one()
-    return int(per_file) - count(store, lab_results)
+    assert int(per_file) == count(store, lab_results)
+    return count(store, lab_results_history)
 
 
 def test_a_critical_potassium_is_audited_and_announced_within_a_second_of_parsing(

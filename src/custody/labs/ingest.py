@@ -27,6 +27,7 @@ from custody.audit import AuditEvent, AuditLog, AuditStatus, DataClassification,
 from custody.chunks.retry import is_transient
 from custody.db import is_postgres, utc_now
 from custody.errors import CustodyError, safe_error
+from custody.labs.claims import claim
 from custody.labs.critical import CriticalFinding, CriticalRules
 from custody.labs.history import record_replacements
 from custody.labs.model import FormatMismatchError, LabResult, NotAResult, Rejected, SourceRef
@@ -60,7 +61,7 @@ class FileReport:
     file: str
     sha256: str
     format: str | None
-    status: Literal["ingested", "skipped", "rejected"]
+    status: Literal["ingested", "skipped", "rejected", "claimed"]
     results: int = 0
     quarantined: int = 0
     critical: int = 0
@@ -147,6 +148,12 @@ class LabIngestor:
             LabStoreError: the store refused the file's results (none of them landed).
         """
         digest = hashlib.sha256(data).hexdigest()
+        with claim(self.store, digest) as claimed:
+            if not claimed:  # another run is ingesting this very content: it is theirs
+                return FileReport(file, digest, None, "claimed")
+            return self._ingest_claimed(file, data, fmt, digest)
+
+    def _ingest_claimed(self, file: str, data: bytes, fmt: Format, digest: str) -> FileReport:
         with self.store.connect() as conn:
             seen = conn.execute(
                 select(lab_files.c.status).where(lab_files.c.file_sha256 == digest)
@@ -328,6 +335,12 @@ class LabIngestor:
     def refuse(self, file: str, reason: str) -> FileReport:
         """Quarantine an inbox entry whose content is never read (a symlink), once."""
         digest = name_digest(file)
+        with claim(self.store, digest) as claimed:
+            if not claimed:
+                return FileReport(file, digest, None, "claimed")
+            return self._refuse_claimed(file, reason, digest)
+
+    def _refuse_claimed(self, file: str, reason: str, digest: str) -> FileReport:
         with self.store.connect() as conn:
             seen = conn.execute(
                 select(lab_files.c.status).where(lab_files.c.file_sha256 == digest)
