@@ -13,13 +13,13 @@ from prefect.cache_policies import NO_CACHE
 
 from custody.labs.critical import load_rules
 from custody.labs.gating import ungated_files
-from custody.labs.ingest import CsvLayout, Format, LabIngestor
+from custody.labs.ingest import CsvLayout, Format, IngestLimits, LabIngestor
 from custody.labs.sources import (
     SymlinkRefusedError,
     check_local_source,
+    inbox_path,
     inbox_roots,
     list_inbox,
-    read_inbox_file,
 )
 from custody.labs.zones import ZonePolicy, source_zone, zone_named
 from custody.quality import QualityResult
@@ -82,19 +82,26 @@ def ingest_lab_files(
         },
         source=source_zone(rt.settings.lab_source_zones, source),
     )
+    limits = IngestLimits(
+        max_bytes=rt.settings.lab_max_file_bytes,
+        in_memory_bytes=rt.settings.lab_in_memory_bytes,
+        max_seconds=rt.settings.lab_max_file_seconds,
+    )
     ingestor = LabIngestor(
         rt.store, rt.audit, load_rules(rules), principal=rt.settings.principal,
         correlation_id=rt.correlation_id, zone=ZoneInfo(timezone), csv_layout=csv_layout,
-        zones=zones,
+        zones=zones, limits=limits,
     )  # fmt: skip
     reports = []
     for seq, ref in enumerate(refs, first):
         try:
-            data = _read(source, ref)
+            if source.startswith(STORE_PREFIX):
+                report = ingestor.ingest(ref, open_store().get(ref), fmt)
+            else:  # by path: a big file is streamed, never read whole (issue 15 item 9)
+                path = inbox_path(_local_root(source), ref)
+                report = ingestor.ingest_file(ref, str(path), fmt)
         except SymlinkRefusedError as exc:
             report = ingestor.refuse(ref, str(exc))
-        else:
-            report = ingestor.ingest(ref, data, fmt)
         row = asdict(report)
         del row["file"]
         row["seq"] = seq
@@ -136,9 +143,3 @@ def _matches(name: str, patterns: list[str]) -> bool:
 def _local_root(source: str) -> Path:
     settings = runtime().settings
     return check_local_source(source, inbox_roots(settings.lab_inbox_roots, settings.work_dir))
-
-
-def _read(source: str, ref: str) -> bytes:
-    if source.startswith(STORE_PREFIX):
-        return open_store().get(ref)
-    return read_inbox_file(_local_root(source), ref)

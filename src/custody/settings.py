@@ -97,6 +97,18 @@ class Settings(BaseSettings):
         description="Lab ingestion: a directory of site critical-value rule sets (<name>.json), "
         "chosen by name like the packaged ones.",
     )
+    lab_max_file_bytes: int = Field(
+        default=4 << 30, ge=1, description="Lab ingestion: a bigger file is quarantined unread."
+    )
+    lab_in_memory_bytes: int = Field(
+        default=32 << 20,
+        ge=1 << 20,
+        description="Lab ingestion: files up to this size are read whole; bigger HL7 v2 files "
+        "are parsed and landed in bounded batches (PostgreSQL store), other formats quarantined.",
+    )
+    lab_max_file_seconds: float = Field(
+        default=1800, gt=0, description="Lab ingestion: a slower file is quarantined."
+    )
     lab_sender_zones: dict[str, str] = Field(
         default_factory=dict,
         description="Lab ingestion: IANA time zone per HL7 sender (MSH-4 sending facility) for "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from functools import lru_cache
+from typing import BinaryIO
 
 from custody.labs.model import (
     FormatMismatchError,
@@ -30,7 +31,7 @@ from custody.labs.model import (
     derived_id,
 )
 
-__all__ = ["parse_hl7"]
+__all__ = ["parse_hl7", "parse_hl7_stream"]
 
 _Item = LabResult | Rejected
 _Value = tuple[Decimal | None, str | None, str | None]  # numeric, comparator, text
@@ -155,6 +156,54 @@ def parse_hl7(data: bytes, file: str) -> Iterator[LabResult | Rejected]:
     return _parse_segments(segments, file)
 
 
+def parse_hl7_stream(stream: BinaryIO, file: str, chunk_bytes: int = 2 << 20) -> Iterator[_Item]:
+    """Like ``parse_hl7``, over a file read piece by piece: memory stays flat with its size.
+
+    The file is cut only in front of an MSH, so every message is parsed whole and numbered as
+    in ``parse_hl7``. The whole-file checks run on the first piece before anything is yielded;
+    a later piece that is not HL7 text raises ``FormatMismatchError`` when it is reached, and
+    the caller (one transaction per file) then lands nothing of the file.
+    """
+    pieces = _message_pieces(stream, chunk_bytes)
+    first = next(pieces, b"")
+    segments = _split_segments(_decode(first))
+    _check_shape(segments, whole=False)
+    return _parse_pieces(segments, pieces, file)
+
+
+def _parse_pieces(first: list[str], rest: Iterator[bytes], file: str) -> Iterator[_Item]:
+    numbers = [0, 0]  # messages and segments seen so far
+    yield from _parse_segments(first, file, numbers)
+    for piece in rest:
+        if piece.strip(b" \t\r\n\x0b\x1c\x0c"):
+            yield from _parse_segments(_split_segments(_decode(piece)), file, numbers)
+    if numbers[0] == 0:
+        raise FormatMismatchError("not HL7 v2: the file holds no MSH segment")
+
+
+_MSH_START = re.compile(rb"[\r\n\x0b\x1c]MSH")
+
+
+def _message_pieces(stream: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    """The file in pieces of about ``chunk_bytes``, each ending just before an MSH."""
+    buffer = b""
+    while True:
+        block = stream.read(chunk_bytes)
+        if not block:
+            break
+        buffer += block
+        if len(buffer) < chunk_bytes:
+            continue
+        cut = None
+        for match in _MSH_START.finditer(buffer, max(0, len(buffer) - chunk_bytes)):
+            cut = match.start() + 1
+        if cut is None or cut <= 1:
+            continue  # one message longer than a piece: keep reading
+        yield buffer[:cut]
+        buffer = buffer[cut:]
+    yield buffer
+
+
 # --- whole file ----------------------------------------------------------------------------
 
 
@@ -227,7 +276,7 @@ def _split_segments(text: str) -> list[str]:
     return text.split("\r")
 
 
-def _check_shape(segments: list[str]) -> None:
+def _check_shape(segments: list[str], whole: bool = True) -> None:
     """Refuse a file whose first segment is not an HL7 header or that has no MSH at all."""
     first = next((s.lstrip(_LEADING_BLANKS) for s in segments if s.strip()), "")
     if first[:3] not in ("MSH", "FHS", "BHS"):
@@ -241,25 +290,33 @@ def _check_shape(segments: list[str]) -> None:
                 "are not HL7; an HL7 v2 file starts with MSH, FHS or BHS)"
             )
         raise FormatMismatchError("not HL7 v2: the file does not start with MSH, FHS or BHS")
-    if not any(s.lstrip(_LEADING_BLANKS)[:3] == "MSH" for s in segments):
+    if whole and not any(s.lstrip(_LEADING_BLANKS)[:3] == "MSH" for s in segments):
         raise FormatMismatchError("not HL7 v2: the file holds no MSH segment")
 
 
 # --- segment stream ------------------------------------------------------------------------
 
 
-def _parse_segments(segments: list[str], file: str) -> Iterator[_Item]:
-    """One pass over the segments, tracking the message, patient and order each OBX is in."""
+def _parse_segments(
+    segments: list[str], file: str, numbers: list[int] | None = None
+) -> Iterator[_Item]:
+    """One pass over the segments, tracking the message, patient and order each OBX is in.
+
+    ``numbers`` (messages, segments) carries the count on from earlier pieces of one file.
+    """
     msg: _Message | None = None
     skipping = False  # inside a refused message: its segments were already accounted for
-    messages = 0
-    for index, raw in enumerate(segments, 1):
+    counts = numbers if numbers is not None else [0, 0]
+    messages, first = counts
+    counts[1] += len(segments)
+    for index, raw in enumerate(segments, first + 1):
         seg = raw.lstrip(_LEADING_BLANKS) if raw[:1] in _LEADING_BLANKS else raw
         if not seg:
             continue
         head = seg[:3]
         if head == "MSH":
             messages += 1
+            counts[0] = messages
             msg, rejection = _start_message(seg, messages, file)
             skipping = msg is None
             if rejection is not None:

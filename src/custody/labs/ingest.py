@@ -11,11 +11,12 @@ announced to Prefect) as soon as the file is parsed.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -113,6 +114,36 @@ def parse(data: bytes, file: str, fmt: str, csv_layout: CsvLayout = "default") -
     return parse_csv(data, file, SYNTHEA_OBSERVATIONS if csv_layout == "synthea" else None)
 
 
+@dataclass(frozen=True)
+class IngestLimits:
+    """How big and how slow a file may be before it is quarantined (issue 15 item 9).
+
+    A file up to ``in_memory_bytes`` is read whole; a larger HL7 v2 file on PostgreSQL is read,
+    parsed and landed in batches of ``batch_items`` (memory stays flat with the file's size);
+    any other larger file, any file over ``max_bytes``, or one that takes more than
+    ``max_seconds`` to parse and land, is quarantined with the reason and the others go on.
+    """
+
+    max_bytes: int = 4 << 30
+    in_memory_bytes: int = 32 << 20
+    max_seconds: float = 1800.0
+    batch_items: int = 5_000
+
+
+class FileTooSlowError(Exception):
+    """A file took longer than its time budget; its transaction is rolled back."""
+
+
+@dataclass
+class _Sorted:
+    """One batch of parser output, sorted: what lands, what is quarantined, what alerts."""
+
+    good: list[LabResult]
+    bad: list[tuple[SourceRef, str, str]]
+    alerts: list[Alert]
+    not_results: int = 0
+
+
 class LabIngestor:
     """Ingests files into custody's store, one transaction per file."""
 
@@ -127,6 +158,7 @@ class LabIngestor:
         zone: ZoneInfo,
         csv_layout: CsvLayout = "default",
         zones: ZonePolicy | None = None,
+        limits: IngestLimits | None = None,
     ) -> None:
         """Bind the store, audit log, critical rules and the time zones of naive times.
 
@@ -139,6 +171,7 @@ class LabIngestor:
         self.correlation_id = correlation_id
         self.zone = zone
         self.zones = zones or ZonePolicy(default=zone)
+        self.limits = limits or IngestLimits()
         self.csv_layout = csv_layout
 
     def ingest(self, file: str, data: bytes, fmt: Format = "auto") -> FileReport:
@@ -171,28 +204,11 @@ class LabIngestor:
             records = list(parse(data, file, kind, self.csv_layout))
         except FormatMismatchError as exc:
             return self._reject_file(file, digest, kind, len(data), str(exc))
-        good: list[LabResult] = []
-        bad: list[tuple[SourceRef, str, str]] = []
-        findings: list[Alert] = []
-        not_results = 0
-        for record in records:
-            if isinstance(record, NotAResult):
-                not_results += 1
-                continue
-            if isinstance(record, Rejected):
-                bad.append((record.source, "parse", record.reason))
-                if record.result is not None:  # critical even though quarantined: alert
-                    findings.extend(self._alert(record.result, "parse"))
-                continue
-            result = self.zones.place(record)
-            found = problems(result)
-            if found:
-                bad.append((result.source, "validate", "; ".join(found)))
-                findings.extend(self._alert(result, "validate"))
-            else:
-                good.append(result)
-                findings.extend(self._alert(result, None))
+        batch = self._sort(records)
+        good, bad, findings, not_results = batch.good, batch.bad, batch.alerts, batch.not_results
         parsed = time.perf_counter() - started
+        if parsed > self.limits.max_seconds:
+            return self._reject_file(file, digest, kind, len(data), self._too_slow())
         seqs = [self._announce(f, digest) for f in findings]  # before the commit: immediately
         try:
             with self.store.begin() as conn:
@@ -217,6 +233,191 @@ class LabIngestor:
             file, digest, kind, "ingested", landed, len(bad), len(findings), None, parsed,
             not_results,
         )  # fmt: skip
+
+    def ingest_file(self, file: str, path: str, fmt: Format = "auto") -> FileReport:
+        """Ingest a file by path: small ones whole, big HL7 v2 ones in bounded batches.
+
+        The path is opened without following a symlink (the caller checked it is in an inbox).
+
+        Raises:
+            LabStoreError: the store refused the file's results (none of them landed).
+        """
+        size = os.stat(path, follow_symlinks=False).st_size
+        if size <= self.limits.in_memory_bytes:
+            with _open(path) as handle:
+                return self.ingest(file, handle.read(), fmt)
+        digest = _file_digest(path)
+        with claim(self.store, digest) as claimed:
+            if not claimed:
+                return FileReport(file, digest, None, "claimed")
+            with self.store.connect() as conn:
+                seen = conn.execute(
+                    select(lab_files.c.status).where(lab_files.c.file_sha256 == digest)
+                ).scalar()
+            if seen is not None:
+                status: Literal["skipped", "rejected"] = (
+                    "skipped" if seen == "ingested" else "rejected"
+                )
+                return FileReport(file, digest, None, status)
+            with _open(path) as handle:
+                head = handle.read(64 << 10)
+            kind = detect_format(head) if fmt == "auto" else fmt
+            if size > self.limits.max_bytes:
+                reason = (
+                    f"file too big: {size} bytes, over the limit of {self.limits.max_bytes} "
+                    "(CUSTODY_LAB_MAX_FILE_BYTES)"
+                )
+                return self._reject_file(file, digest, kind, size, reason)
+            if kind != "hl7v2" or not is_postgres(self.store.dialect):
+                reason = (
+                    f"file too big to read whole: {size} bytes, over "
+                    f"{self.limits.in_memory_bytes} (CUSTODY_LAB_IN_MEMORY_BYTES); only HL7 v2 "
+                    "files on a PostgreSQL store are read in batches: split the file"
+                )
+                return self._reject_file(file, digest, kind, size, reason)
+            return self._ingest_in_batches(file, path, digest, size)
+
+    def _ingest_in_batches(self, file: str, path: str, digest: str, size: int) -> FileReport:
+        """Parse and land an HL7 v2 file batch by batch, all in one transaction."""
+        from custody.labs.hl7v2 import parse_hl7_stream
+
+        started = time.perf_counter()
+        totals = _Sorted([], [], [])
+        landed = quarantined = critical = 0
+        replaced: list[AuditEvent] = []
+        outcome: str | None = None
+        try:
+            with self.store.begin() as conn, _open(path) as handle:
+                conn.exec_driver_sql(_LANDED_PG)
+                pending: list[Any] = []
+                for item in parse_hl7_stream(handle, file):
+                    pending.append(item)
+                    if len(pending) >= self.limits.batch_items:
+                        batch = self._sort(pending)
+                        replaced += self._land_batch(conn, file, digest, batch)
+                        landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
+                        critical += len(batch.alerts)
+                        totals.not_results += batch.not_results
+                        pending = []
+                        if time.perf_counter() - started > self.limits.max_seconds:
+                            raise FileTooSlowError
+                batch = self._sort(pending)
+                replaced += self._land_batch(conn, file, digest, batch)
+                landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
+                critical += len(batch.alerts)
+                totals.not_results += batch.not_results
+                distinct = conn.exec_driver_sql(
+                    "SELECT count(DISTINCT result_id) FROM custody_lab_landed"
+                ).scalar_one()
+                conn.execute(
+                    insert(lab_files).values(
+                        file_sha256=digest, source_file=file, format="hl7v2", status="ingested",
+                        results=distinct, quarantined=quarantined, critical=critical, bytes=size,
+                        not_results=totals.not_results, ingested_at=utc_now(),
+                        correlation_id=self.correlation_id,
+                    )
+                )  # fmt: skip
+                self._append_processed(conn, digest, "hl7v2", replaced)
+        except FormatMismatchError as exc:
+            outcome = str(exc)
+        except FileTooSlowError:
+            outcome = self._too_slow()
+        except (DBAPIError, psycopg.Error) as exc:
+            outcome = f"store:{safe_error(exc)}|{int(is_transient(exc))}"
+        if outcome is not None and outcome.startswith("store:"):
+            cause, transient = outcome[6:].rsplit("|", 1)
+            raise LabStoreError(
+                f"file sha256 {digest[:16]}: the store refused its results ({cause}); none of "
+                "them was stored",
+                transient=transient == "1",
+            )
+        if outcome is not None:
+            return self._reject_file(file, digest, "hl7v2", size, outcome)
+        return FileReport(
+            file, digest, "hl7v2", "ingested", int(distinct), quarantined, critical, None,
+            time.perf_counter() - started, totals.not_results,
+        )  # fmt: skip
+
+    def _land_batch(
+        self, conn: Connection, file: str, digest: str, batch: _Sorted
+    ) -> list[AuditEvent]:
+        """Announce a batch's critical values, then write its rows (events come at the end).
+
+        The per-result audit events are appended once, after the last batch: appending takes
+        the audit chain's lock until the commit, and the critical announcements of later
+        batches (on their own connection) must not wait for it.
+        """
+        seqs = [self._announce(a, digest) for a in batch.alerts]
+        now = utc_now()
+        replaced: list[AuditEvent] = []
+        if batch.good:
+            rows = [_row(r, digest, now) for r in batch.good]
+            replaced = record_replacements(
+                conn, rows, digest, now, principal=self.principal,
+                correlation_id=self.correlation_id,
+            )  # fmt: skip
+            self._upsert(conn, rows)
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy("COPY custody_lab_landed (result_id, position) FROM STDIN") as copy:
+                for r in batch.good:
+                    copy.write_row((r.result_id, r.source.position))
+        self._write_quarantine_and_alerts(conn, file, digest, batch.bad, batch.alerts, seqs, now)
+        return replaced
+
+    def _append_processed(
+        self, conn: Connection, digest: str, kind: str, replaced: list[AuditEvent]
+    ) -> None:
+        """One audit event per landed result, read back from the run's landed list in pages."""
+        if replaced:
+            self.audit.append_in(conn, replaced)
+        last = 0
+        while True:
+            page = conn.exec_driver_sql(
+                "SELECT n, result_id, position FROM custody_lab_landed WHERE n > %(last)s "
+                "ORDER BY n LIMIT 20000",
+                {"last": last},
+            ).all()
+            if not page:
+                return
+            last = page[-1][0]
+            self.audit.append_in(conn, [
+                AuditEvent(
+                    principal=self.principal, action=_PROCESSED[kind], status=AuditStatus.SUCCESS,
+                    resource_type="lab_result", resource_id=rid,
+                    correlation_id=self.correlation_id,
+                    data_classification=DataClassification.PHI,
+                    details={"file_sha256": digest, "position": position},
+                )
+                for _, rid, position in page
+            ])  # fmt: skip
+
+    def _too_slow(self) -> str:
+        return (
+            f"file took longer than {self.limits.max_seconds:g} s to parse and land "
+            "(CUSTODY_LAB_MAX_FILE_SECONDS): quarantined so that the other files go on"
+        )
+
+    def _sort(self, records: list[Any]) -> _Sorted:
+        """Results to land, records to quarantine (with why), alerts, and non-results."""
+        batch = _Sorted([], [], [])
+        for record in records:
+            if isinstance(record, NotAResult):
+                batch.not_results += 1
+                continue
+            if isinstance(record, Rejected):
+                batch.bad.append((record.source, "parse", record.reason))
+                if record.result is not None:  # critical even though quarantined: alert
+                    batch.alerts.extend(self._alert(record.result, "parse"))
+                continue
+            result = self.zones.place(record)
+            found = problems(result)
+            if found:
+                batch.bad.append((result.source, "validate", "; ".join(found)))
+                batch.alerts.extend(self._alert(result, "validate"))
+            else:
+                batch.good.append(result)
+                batch.alerts.extend(self._alert(result, None))
+        return batch
 
     def _alert(self, result: LabResult, quarantine_stage: str | None) -> list[Alert]:
         finding = self.rules.check(result)
@@ -276,6 +477,38 @@ class LabIngestor:
                 correlation_id=self.correlation_id,
             )  # fmt: skip
             self._upsert(conn, rows)
+        self._write_quarantine_and_alerts(conn, file, digest, bad, findings, seqs, now)
+        conn.execute(
+            insert(lab_files).values(
+                file_sha256=digest, source_file=file, format=kind, status="ingested",
+                results=len({r.result_id for r in good}), quarantined=len(bad),
+                critical=len(findings), bytes=size,
+                not_results=not_results, ingested_at=now, correlation_id=self.correlation_id,
+            )
+        )  # fmt: skip
+        action = _PROCESSED[kind]
+        events = [
+            AuditEvent(
+                principal=self.principal, action=action, status=AuditStatus.SUCCESS,
+                resource_type="lab_result", resource_id=r.result_id,
+                correlation_id=self.correlation_id, data_classification=DataClassification.PHI,
+                details={"file_sha256": digest, "position": r.source.position},
+            )
+            for r in good
+        ]  # fmt: skip
+        if events or replaced:
+            self.audit.append_in(conn, [*replaced, *events])
+
+    def _write_quarantine_and_alerts(
+        self,
+        conn: Connection,
+        file: str,
+        digest: str,
+        bad: list[tuple[SourceRef, str, str]],
+        findings: list[Alert],
+        seqs: list[int],
+        now: Any,
+    ) -> None:
         if bad:
             conn.execute(
                 insert(lab_quarantine),
@@ -299,26 +532,6 @@ class LabIngestor:
                     for a, seq in zip(findings, seqs, strict=True)
                 ],
             )  # fmt: skip
-        conn.execute(
-            insert(lab_files).values(
-                file_sha256=digest, source_file=file, format=kind, status="ingested",
-                results=len({r.result_id for r in good}), quarantined=len(bad),
-                critical=len(findings), bytes=size,
-                not_results=not_results, ingested_at=now, correlation_id=self.correlation_id,
-            )
-        )  # fmt: skip
-        action = _PROCESSED[kind]
-        events = [
-            AuditEvent(
-                principal=self.principal, action=action, status=AuditStatus.SUCCESS,
-                resource_type="lab_result", resource_id=r.result_id,
-                correlation_id=self.correlation_id, data_classification=DataClassification.PHI,
-                details={"file_sha256": digest, "position": r.source.position},
-            )
-            for r in good
-        ]  # fmt: skip
-        if events or replaced:
-            self.audit.append_in(conn, [*replaced, *events])
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         if is_postgres(conn.dialect):
@@ -385,6 +598,25 @@ def _row(result: LabResult, digest: str, now: Any) -> dict[str, Any]:
     row["file_sha256"] = digest
     row["ingested_at"] = now
     return row
+
+
+_LANDED_PG = (
+    "CREATE TEMP TABLE custody_lab_landed (n bigserial PRIMARY KEY, result_id text NOT NULL, "
+    "position text NOT NULL) ON COMMIT DROP"
+)
+
+
+def _open(path: str) -> BinaryIO:
+    """Open for reading without following a symlink at the last component."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with _open(path) as handle:
+        while block := handle.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 _COLUMNS = list(lab_results.c)

@@ -67,6 +67,14 @@ def list_inbox(root: Path) -> list[str]:
     return sorted(found)
 
 
+def inbox_path(root: Path, ref: str) -> Path:
+    """The path of a regular file under ``root``; ``SymlinkRefusedError`` for a link."""
+    path = root if root.is_file() else root / ref
+    if os.path.realpath(path) != os.path.abspath(path) or path.is_symlink():
+        raise SymlinkRefusedError(SYMLINK_REASON)
+    return path
+
+
 def read_inbox_file(root: Path, ref: str) -> bytes:
     """The bytes of a regular file under ``root``; ``SymlinkRefusedError`` for a link.
 
