@@ -10,6 +10,7 @@ once, and the audit chain intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from custody.audit import verify_chain
+from custody.labs.claims import claim
 from custody.labs.tables import critical_results, lab_files, lab_results
 from custody.store.tables import audit_log
 from flows.ingest_lab_results import IngestParams, ingest_lab_results
@@ -32,7 +34,6 @@ from tests.support.faults import (
     backends,
     terminate,
     wait_for_backends,
-    wait_until,
 )
 from tests.support.kill import ROOT, flow_command, kill_when
 
@@ -194,7 +195,11 @@ def test_sigkill_inside_a_file_transaction_then_a_rerun_finishes(
 def test_issue_15_item_10_two_overlapping_runs_share_the_inbox_and_both_succeed(
     inbox: Inbox, pg_store: Engine, prefect_api: str
 ) -> None:
-    """Issue 15 item 10: two ingest runs at once on one inbox; neither fails, nothing twice."""
+    """Issue 15 item 10: two ingest runs at once on one inbox; neither fails, nothing twice.
+
+    A third, slow run is simulated by holding the claim on one file throughout: both runs
+    must skip it (claimed), and it lands once the claim is released.
+    """
     env = {
         **os.environ,
         **custody_env(pg_store.url.render_as_string(hide_password=False)),
@@ -203,30 +208,20 @@ def test_issue_15_item_10_two_overlapping_runs_share_the_inbox_and_both_succeed(
     }
     args = flow_command(
         "flows.ingest_lab_results", "ingest_lab_results", "IngestParams",
-        IngestParams(source=str(inbox.root), format="csv", include=["*.csv"], chunk_size=1)
-        .model_dump(mode="json"),
+        _params(inbox).model_dump(mode="json"),
     )  # fmt: skip
-    # The critical file's upsert waits on an uncommitted row: whichever run claims that file
-    # holds its claim while the other run reaches it, so the claim is contended for certain.
-    held = _blocking_row(libpq_url(pg_store))
-    runs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
-    try:
-        wait_until(lambda: all(r.poll() is not None for r in runs) or _claimed_twice(pg_store),
-                   "both runs past the held file")  # fmt: skip
-    finally:
-        held.release()
-    outputs = [r.communicate(timeout=600)[0] for r in runs]
+    held = hashlib.sha256((inbox.root / f"batch-{CRITICAL_FILE}.csv").read_bytes()).hexdigest()
+    with claim(pg_store, held) as taken:
+        assert taken
+        runs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]  # fmt: skip
+        outputs = [r.communicate(timeout=600)[0] for r in runs]
     assert [r.returncode for r in runs] == [0, 0], outputs
     first, second = (json.loads(o.split("RESULT", 1)[1]) for o in outputs)
     assert first["files"] == second["files"] == FILES
-    assert first["ingested"] + second["ingested"] == FILES  # each file landed by exactly one
-    assert first["claimed"] + second["claimed"] >= 1  # the held file was skipped by the other
+    assert first["ingested"] + second["ingested"] == FILES - 1  # each landed by exactly one
+    assert first["claimed"] == second["claimed"] == 1  # the held file, skipped by both
     assert first["rejected"] == second["rejected"] == 0
+    last = ingest_lab_results(_params(inbox))  # the claim released: the held file lands
+    assert (last.ingested, last.skipped, last.claimed) == (1, FILES - 1, 0)
     _exactly_once(pg_store, inbox)
-
-
-def _claimed_twice(store: Engine) -> bool:
-    """Every file but the held one is landed: the other run has passed the held file."""
-    with store.connect() as c:
-        return int(c.execute(select(func.count()).select_from(lab_files)).scalar_one()) >= FILES - 1
