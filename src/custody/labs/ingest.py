@@ -254,11 +254,10 @@ class LabIngestor:
                 seen = conn.execute(
                     select(lab_files.c.status).where(lab_files.c.file_sha256 == digest)
                 ).scalar()
+            if seen == "ingested":
+                return FileReport(file, digest, None, "skipped")
             if seen is not None:
-                status: Literal["skipped", "rejected"] = (
-                    "skipped" if seen == "ingested" else "rejected"
-                )
-                return FileReport(file, digest, None, status)
+                return FileReport(file, digest, None, "rejected", reason="rejected before")
             with _open(path) as handle:
                 head = handle.read(64 << 10)
             kind = detect_format(head) if fmt == "auto" else fmt
