@@ -9,13 +9,20 @@ one transaction per file, into a PostgreSQL store. The baseline parses with the 
 COPYs the parsed rows into a plain table: no checks, no upsert, no audit.
 
     python bench/ingest_labs.py --results 100000 [--formats csv,fhir,hl7v2]
+
+``--big-file SIZE`` (e.g. 100M, 1G) instead writes one HL7 v2 batch file of that size and
+ingests it the way an ingest task does (``LabIngestor.ingest_file``: parsed and landed in
+bounded batches, issue 15 item 9), reporting results per second and the peak RSS of the
+process; every result must land. The last line printed is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -176,11 +183,69 @@ def run_format(fmt: str, files: list[tuple[str, bytes]], raw_url: str, store_url
     return figures
 
 
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B")
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+
+
+def write_big_hl7(path: str, size: int) -> int:
+    """Write HL7 v2 batches of 10,000 results until the file holds ``size`` bytes.
+
+    Generated block by block, so the generator's memory does not count towards the figure.
+    """
+    written = total = 0
+    with open(path, "wb") as out:
+        while written < size:
+            rows = results(PER_FILE, seed=total)
+            for row in rows:
+                row["n"] = int(row["n"]) + total  # type: ignore[call-overload]
+                row["order"] = f"ACC{int(row['n']) // 10:09d}"  # type: ignore[call-overload]
+            data = hl7_file(rows)
+            out.write(data)
+            written += len(data)
+            total += len(rows)
+    return total
+
+
+def run_big_file(size: int, store_url: str, directory: str) -> dict[str, object]:
+    path = os.path.join(directory, "big-batch.hl7")
+    expected = write_big_hl7(path, size)
+    rss_before = peak_rss_mb()
+    store = get_engine(store_url)
+    audit = AuditLog(store, Keyring("bench", {"bench": b"b" * 32}))
+    ingestor = LabIngestor(
+        store, audit, load_rules("default"), principal="bench", correlation_id=None,
+        zone=ZoneInfo("UTC"),
+    )  # fmt: skip
+    started = time.perf_counter()
+    report = ingestor.ingest_file("big-batch.hl7", path, "hl7v2")
+    seconds = time.perf_counter() - started
+    assert report.status == "ingested" and report.quarantined == 0, report
+    assert report.results == expected, (report.results, expected)  # every result landed
+    with psycopg.connect(store_url.replace("+psycopg", "")) as conn:
+        stored = conn.execute("SELECT count(*) FROM lab_results").fetchone()
+    assert stored is not None and stored[0] == expected
+    return {
+        "big_file_bytes": os.path.getsize(path), "results": expected,
+        "critical": report.critical, "seconds": round(seconds, 1),
+        "results_per_s": round(expected / seconds), "mb_per_s": round(size / 2**20 / seconds, 2),
+        "peak_rss_mb_before_ingest": rss_before, "peak_rss_mb": peak_rss_mb(),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=int, default=100_000)
     parser.add_argument("--formats", default="csv,fhir,hl7v2")
+    parser.add_argument("--big-file", type=_size, default=None, metavar="SIZE",
+                        help="ingest one HL7 v2 batch file of SIZE bytes (100M, 1G)")  # fmt: skip
     args = parser.parse_args()
+    if args.big_file is not None:
+        with scratch_database() as store, tempfile.TemporaryDirectory() as directory:
+            upgrade(get_engine(store))
+            print(json.dumps(run_big_file(args.big_file, store, directory)))
+        return
     rows = results(args.results)
     out: dict[str, object] = {"results": args.results}
     with scratch_database() as raw, scratch_database() as store:

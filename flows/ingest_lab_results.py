@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from custody.audit import AuditStatus, DataClassification
 from custody.labs.critical import load_rules
+from custody.labs.sources import source_label
 from custody.prefect_glue import current_flow_run_id, publish_markdown, publish_table
 from custody.storage import check_prefix
 from flows.params import check_timezone
@@ -56,7 +57,9 @@ class IngestParams(BaseModel):
     )
     critical_rules: str = Field(
         default="default", title="Critical-value rule set",
-        description="A rule set name shipped with custody, or the path of a site's JSON file.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="A rule set name: one shipped with custody or a site's <name>.json in the "
+        "configured rules directory (CUSTODY_LAB_RULES_DIR). Never a path.",
     )  # fmt: skip
     timezone: str = Field(
         default="UTC", title="Time zone of times sent without one", description="IANA name."
@@ -86,9 +89,11 @@ class IngestSummary(BaseModel):
     files: int = 0
     ingested: int = 0
     skipped: int = 0
+    claimed: int = 0  # held by an overlapping run, which lands them (issue 15 item 10)
     rejected: int = 0
     results: int = 0
     quarantined: int = 0
+    not_results: int = 0
     critical: int = 0
     gated_files: int = 0
     quality: Literal["pass", "fail", "not run"] = "not run"
@@ -117,14 +122,15 @@ def ingest_lab_results(params: IngestParams) -> IngestSummary:
     started = time.monotonic()
     load_rules(params.critical_rules)  # a bad rule set fails before anything is read
     record_event(
-        "lab.ingestion.started", AuditStatus.STARTED, "lab_source", params.source,
+        "lab.ingestion.started", AuditStatus.STARTED, "lab_source", source_label(params.source),
         details={"format": params.format},
     )  # fmt: skip
     refs = list_lab_files(params.source, params.include)
-    groups = [refs[i : i + params.chunk_size] for i in range(0, len(refs), params.chunk_size)]
+    starts = list(range(0, len(refs), params.chunk_size))
+    groups = [refs[i : i + params.chunk_size] for i in starts]
     futures = ingest_lab_files.map(
         params.source, groups, params.format, params.csv_layout, params.critical_rules,
-        params.timezone,
+        params.timezone, [i + 1 for i in starts],
     )  # fmt: skip
     reports: list[dict[str, Any]] = [r for f in futures for r in f.result()]
     landed = [r["sha256"] for r in reports if r["status"] == "ingested" and r["results"]]
@@ -139,7 +145,7 @@ def ingest_lab_results(params: IngestParams) -> IngestSummary:
         summary.quality_failed = quality.failed
     record_event(
         "lab.ingestion.completed", summary.status,
-        "lab_source", params.source, details=summary.model_dump(),
+        "lab_source", source_label(params.source), details=summary.model_dump(),
         classification=DataClassification.INTERNAL,
     )  # fmt: skip
     _publish(reports, summary)
@@ -153,18 +159,23 @@ def _summarise(reports: list[dict[str, Any]], seconds: float) -> IngestSummary:
 
     return IngestSummary(
         files=len(reports), ingested=count("ingested"), skipped=count("skipped"),
+        claimed=count("claimed"),
         rejected=count("rejected"), results=sum(r["results"] for r in reports),
         quarantined=sum(r["quarantined"] for r in reports),
+        not_results=sum(r.get("not_results", 0) for r in reports),
         critical=sum(r["critical"] for r in reports), seconds=round(seconds, 2),
     )  # fmt: skip
 
 
 def _publish(reports: list[dict[str, Any]], summary: IngestSummary) -> None:
     run = current_flow_run_id() or "local"
-    columns = ("file", "format", "status", "results", "quarantined", "critical")
+    columns = ("format", "status", "results", "quarantined", "not_results", "critical")
     publish_table(
-        f"ingest-files-{run}", [{c: r[c] for c in columns} for r in reports],
-        "Per file: counts only. Reasons for quarantined records are in lab_quarantine.",
+        f"ingest-files-{run}",
+        [{"file": r["seq"], "sha256": r["sha256"][:16], **{c: r[c] for c in columns}}
+         for r in reports],
+        "Per file (by sequence number and content digest, never by name: a name may carry "
+        "PHI): counts only. Reasons for quarantined records are in lab_quarantine.",
     )  # fmt: skip
     lines = [f"| {k} | {v} |" for k, v in summary.model_dump().items()]
     publish_markdown(

@@ -11,10 +11,17 @@ from zoneinfo import ZoneInfo
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from custody.errors import CustodyError
 from custody.labs.critical import load_rules
 from custody.labs.gating import ungated_files
-from custody.labs.ingest import CsvLayout, Format, LabIngestor
+from custody.labs.ingest import CsvLayout, Format, IngestLimits, LabIngestor
+from custody.labs.sources import (
+    SymlinkRefusedError,
+    check_local_source,
+    inbox_path,
+    inbox_roots,
+    list_inbox,
+)
+from custody.labs.zones import ZonePolicy, source_zone, zone_named
 from custody.quality import QualityResult
 from custody.storage import open_store
 from tasks.retry import retry_if_transient
@@ -22,10 +29,6 @@ from tasks.runtime import runtime
 
 _NO_CACHE: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 STORE_PREFIX = "store:"
-
-
-class LabSourceError(CustodyError):
-    """The source names nothing that can be read; nothing was ingested."""
 
 
 @task(
@@ -44,16 +47,8 @@ def list_lab_files(source: str, include: list[str]) -> list[str]:
             return [prefix]
         keys = [o.key for o in store.list(prefix)]
         return sorted(k for k in keys if _matches(k.rsplit("/", 1)[-1], include))
-    root = Path(source)
-    if not root.is_absolute() or not root.exists():
-        raise LabSourceError(f"source {source!r} is not an existing absolute path or store:prefix")
-    if root.is_file():
-        return [root.name] if _matches(root.name, include) else []
-    return sorted(
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and _matches(p.name, include)
-    )
+    root = _local_root(source)
+    return [ref for ref in list_inbox(root) if _matches(ref.rsplit("/", 1)[-1], include)]
 
 
 @task(
@@ -70,20 +65,46 @@ def ingest_lab_files(
     csv_layout: CsvLayout,
     rules: str,
     timezone: str,
+    first: int = 1,
 ) -> list[dict[str, Any]]:
     """Ingest a group of files, each in its own transaction; returns per-file counts only.
 
-    A retry after a crash is safe: files already landed are skipped by content hash.
+    A retry after a crash is safe: files already landed are skipped by content hash. Files
+    are named in the returned rows by sequence number (``first`` for the group's first) and
+    digest only: a file name may carry PHI (issue 15 item 5).
     """
     rt = runtime()
+    zones = ZonePolicy(
+        default=ZoneInfo(timezone),
+        senders={
+            sender: zone_named(name, "CUSTODY_LAB_SENDER_ZONES")
+            for sender, name in rt.settings.lab_sender_zones.items()
+        },
+        source=source_zone(rt.settings.lab_source_zones, source),
+    )
+    limits = IngestLimits(
+        max_bytes=rt.settings.lab_max_file_bytes,
+        in_memory_bytes=rt.settings.lab_in_memory_bytes,
+        max_seconds=rt.settings.lab_max_file_seconds,
+    )
     ingestor = LabIngestor(
         rt.store, rt.audit, load_rules(rules), principal=rt.settings.principal,
         correlation_id=rt.correlation_id, zone=ZoneInfo(timezone), csv_layout=csv_layout,
+        zones=zones, limits=limits,
     )  # fmt: skip
     reports = []
-    for ref in refs:
-        report = ingestor.ingest(ref, _read(source, ref), fmt)
+    for seq, ref in enumerate(refs, first):
+        try:
+            if source.startswith(STORE_PREFIX):
+                report = ingestor.ingest(ref, open_store().get(ref), fmt)
+            else:  # by path: a big file is streamed, never read whole (issue 15 item 9)
+                path = inbox_path(_local_root(source), ref)
+                report = ingestor.ingest_file(ref, str(path), fmt)
+        except SymlinkRefusedError as exc:
+            report = ingestor.refuse(ref, str(exc))
         row = asdict(report)
+        del row["file"]
+        row["seq"] = seq
         row["parse_seconds"] = round(report.parse_seconds, 4)
         reports.append(row)
     return reports
@@ -119,8 +140,6 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _read(source: str, ref: str) -> bytes:
-    if source.startswith(STORE_PREFIX):
-        return open_store().get(ref)
-    root = Path(source)
-    return root.read_bytes() if root.is_file() else (root / ref).read_bytes()
+def _local_root(source: str) -> Path:
+    settings = runtime().settings
+    return check_local_source(source, inbox_roots(settings.lab_inbox_roots, settings.work_dir))

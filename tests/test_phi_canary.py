@@ -72,6 +72,7 @@ from tests.support.canary import (
     count_rows,
     create_refusing_target,
     create_source,
+    phi_file_name,
     plant_app_events,
     refuse_patient,
     write_lab_files,
@@ -174,6 +175,7 @@ def test_phi_canaries_never_reach_prefect(
     c, control = Canaries.fresh(), Canaries.fresh()
     names = ("ehr", "warehouse", "refusing", "subset")
     src, dst, refusing, subset = (pg_databases.create(n) for n in names)
+    monkeypatch.setenv("CUSTODY_LAB_INBOX_ROOTS", json.dumps([str(tmp_path / "inbox")]))
     set_custody_env(
         monkeypatch,
         store_url=pg_store.url.render_as_string(hide_password=False),
@@ -347,10 +349,21 @@ def _ingest(c: Canaries, inbox: Path, store: Engine) -> tuple[list[Any], str, se
         c.values[k] for k in ("hl7", "fhir", "csv")
     }
     assert len(quarantined) == expected.quarantined + expected.rejected
-    assert all(q.source_file.startswith("feed-") for q in quarantined)
+    names = {phi_file_name(c), phi_file_name(c, "sodium")}
+    assert all(q.source_file.startswith("feed-") or q.source_file in names for q in quarantined)
     assert len(criticals) == expected.critical
     assert [s for (s,) in files].count("rejected") == expected.rejected
-    return [summary], str(state.state_details.flow_run_id), {seq for (seq,) in criticals}
+    # Issue 15 item 2: a rule-set "path" at a file full of PHI is refused before it is read.
+    refused = ingest_lab_results(
+        params={"source": str(inbox), "critical_rules": str(inbox / "feed-b.json")},  # type: ignore[arg-type]
+        return_state=True,
+    )
+    assert refused.is_failed(), refused
+    return (
+        [summary, str(refused.message)],
+        str(state.state_details.flow_run_id),
+        {seq for (seq,) in criticals},
+    )
 
 
 def _report(c: Canaries, store: Engine) -> list[Any]:
@@ -547,7 +560,9 @@ def _custody_store_holds_phi_only_where_it_must(scanner: Scanner, store: Engine)
         reasons = conn.execute(select(lab_quarantine.c.reason)).all()
         reports = conn.execute(select(compliance_reports)).mappings().all()
         criticals = conn.execute(select(critical_results)).mappings().all()
-        files = conn.execute(text("SELECT source_file, format, status FROM lab_files")).all()
+        # source_file is the sender's file name, which may itself be PHI (issue 15 item 5):
+        # it stays in the store (to find the file) and never reaches Prefect (scanned above).
+        files = conn.execute(text("SELECT format, status FROM lab_files")).all()
     pipeline = [dict(e) for e in events if not e["action"].startswith("phi.")]
     actions = {e["action"].split(".")[0] for e in pipeline}
     assert actions >= {"data", "lab", "compliance", "hl7v2", "fhir", "csv"}, actions

@@ -30,7 +30,13 @@ REVOKE ALL ON SEQUENCE "public"."lab_quarantine_id_seq" FROM "custody_ingest", "
 GRANT USAGE ON SEQUENCE "public"."lab_quarantine_id_seq" TO "custody_ingest";
 REVOKE ALL ON TABLE "public"."lab_files" FROM "custody_ingest", "custody_reporting";
 GRANT SELECT, INSERT ON TABLE "public"."lab_files" TO "custody_ingest";
+GRANT UPDATE ("results") ON TABLE "public"."lab_files" TO "custody_ingest";
 GRANT SELECT ON TABLE "public"."lab_files" TO "custody_reporting";
+REVOKE ALL ON TABLE "public"."lab_results_history" FROM "custody_ingest", "custody_reporting";
+GRANT SELECT, INSERT ON TABLE "public"."lab_results_history" TO "custody_ingest";
+GRANT SELECT ON TABLE "public"."lab_results_history" TO "custody_reporting";
+REVOKE ALL ON SEQUENCE "public"."lab_results_history_id_seq" FROM "custody_ingest", "custody_reporting";
+GRANT USAGE ON SEQUENCE "public"."lab_results_history_id_seq" TO "custody_ingest";
 REVOKE ALL ON TABLE "public"."critical_results" FROM "custody_ingest", "custody_reporting";
 GRANT SELECT, INSERT, UPDATE ON TABLE "public"."critical_results" TO "custody_ingest";
 GRANT SELECT ON TABLE "public"."critical_results" TO "custody_reporting";

@@ -51,15 +51,28 @@ def emit_critical_event(event: AuditEvent, seq: int) -> None:
             "prefect.resource.name": event.action,
             "custody.severity": event.severity.value,
         },
-        payload={
-            "audit_seq": seq,
-            "action": event.action,
-            "status": event.status.value,
-            "resource_type": event.resource_type,
-            "data_classification": event.data_classification.value,
-            "occurred_at": event.occurred_at.isoformat(),
-        },
+        payload=critical_event_payload(event, seq),
     )
+
+
+def critical_event_payload(event: AuditEvent, seq: int) -> dict[str, object]:
+    """What Prefect learns of a critical event: its sequence number and action.
+
+    For lab alerts also who called it critical and whether the result sits in quarantine
+    (stage and structural position only: never the value, the patient or the reason).
+    """
+    return {
+        "audit_seq": seq,
+        "action": event.action,
+        "status": event.status.value,
+        "resource_type": event.resource_type,
+        "data_classification": event.data_classification.value,
+        "occurred_at": event.occurred_at.isoformat(),
+        **{k: event.details[k] for k in _CRITICAL_PAYLOAD_KEYS if k in event.details},
+    }
+
+
+_CRITICAL_PAYLOAD_KEYS = ("alert_source", "quarantined", "quarantine_stage", "quarantine_position")
 
 
 def artifact_key(text: str) -> str:

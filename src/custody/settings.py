@@ -87,6 +87,40 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64, description="Worker processes of the per-run local Dask cluster."
     )
 
+    lab_inbox_roots: list[Path] = Field(
+        default_factory=list,
+        description="Lab ingestion: the directories a local source must be inside, as JSON: "
+        "CUSTODY_LAB_INBOX_ROOTS='[\"/srv/lab-inbox\"]'. Default: <work_dir>/inbox.",
+    )
+    lab_rules_dir: Path | None = Field(
+        default=None,
+        description="Lab ingestion: a directory of site critical-value rule sets (<name>.json), "
+        "chosen by name like the packaged ones.",
+    )
+    lab_max_file_bytes: int = Field(
+        default=4 << 30, ge=1, description="Lab ingestion: a bigger file is quarantined unread."
+    )
+    lab_in_memory_bytes: int = Field(
+        default=32 << 20,
+        ge=1 << 20,
+        description="Lab ingestion: files up to this size are read whole; bigger HL7 v2 files "
+        "are parsed and landed in bounded batches (PostgreSQL store), other formats quarantined.",
+    )
+    lab_max_file_seconds: float = Field(
+        default=1800, gt=0, description="Lab ingestion: a slower file is quarantined."
+    )
+    lab_sender_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lab ingestion: IANA time zone per HL7 sender (MSH-4 sending facility) for "
+        'times sent without an offset, e.g. CUSTODY_LAB_SENDER_ZONES=\'{"ACME LAB": '
+        '"America/Chicago"}\'.',
+    )
+    lab_source_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lab ingestion: IANA time zone per source (inbox directory or store:prefix) "
+        "for FHIR and CSV times sent without a zone.",
+    )
+
     @field_validator("connections", mode="before")
     @classmethod
     def _lower_connection_names(cls, value: object) -> object:

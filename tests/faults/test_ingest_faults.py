@@ -10,7 +10,10 @@ once, and the audit chain intact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from custody.audit import verify_chain
+from custody.labs.claims import claim
 from custody.labs.tables import critical_results, lab_files, lab_results
 from custody.store.tables import audit_log
 from flows.ingest_lab_results import IngestParams, ingest_lab_results
@@ -31,7 +35,7 @@ from tests.support.faults import (
     terminate,
     wait_for_backends,
 )
-from tests.support.kill import flow_command, kill_when
+from tests.support.kill import ROOT, flow_command, kill_when
 
 FILES, PER_FILE, CRITICAL_FILE = 6, 40, 2
 HEADER = (
@@ -117,6 +121,7 @@ def _exactly_once(store: Engine, inbox: Inbox) -> None:
 
 @pytest.fixture
 def inbox(prefect_api: str, pg_store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CUSTODY_LAB_INBOX_ROOTS", json.dumps([str(tmp_path)]))
     set_custody_env(monkeypatch, store_url=pg_store.url.render_as_string(hide_password=False))
     return _inbox(tmp_path / "inbox")
 
@@ -162,6 +167,7 @@ def test_sigkill_inside_a_file_transaction_then_a_rerun_finishes(
     env = {
         **os.environ,
         **custody_env(pg_store.url.render_as_string(hide_password=False)),
+        "CUSTODY_LAB_INBOX_ROOTS": json.dumps([str(inbox.root)]),
         "PREFECT_API_URL": prefect_api,
     }
     args = flow_command(
@@ -183,4 +189,39 @@ def test_sigkill_inside_a_file_transaction_then_a_rerun_finishes(
     )  # fmt: skip
     # The killed run never reached its gate: the files it landed are gated by this one.
     assert (summary.gated_files, summary.quality) == (FILES, "pass")
+    _exactly_once(pg_store, inbox)
+
+
+def test_issue_15_item_10_two_overlapping_runs_share_the_inbox_and_both_succeed(
+    inbox: Inbox, pg_store: Engine, prefect_api: str
+) -> None:
+    """Issue 15 item 10: two ingest runs at once on one inbox; neither fails, nothing twice.
+
+    A third, slow run is simulated by holding the claim on one file throughout: both runs
+    must skip it (claimed), and it lands once the claim is released.
+    """
+    env = {
+        **os.environ,
+        **custody_env(pg_store.url.render_as_string(hide_password=False)),
+        "CUSTODY_LAB_INBOX_ROOTS": json.dumps([str(inbox.root)]),
+        "PREFECT_API_URL": prefect_api,
+    }
+    args = flow_command(
+        "flows.ingest_lab_results", "ingest_lab_results", "IngestParams",
+        _params(inbox).model_dump(mode="json"),
+    )  # fmt: skip
+    held = hashlib.sha256((inbox.root / f"batch-{CRITICAL_FILE}.csv").read_bytes()).hexdigest()
+    with claim(pg_store, held) as taken:
+        assert taken
+        runs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]  # fmt: skip
+        outputs = [r.communicate(timeout=600)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    first, second = (json.loads(o.split("RESULT", 1)[1]) for o in outputs)
+    assert first["files"] == second["files"] == FILES
+    assert first["ingested"] + second["ingested"] == FILES - 1  # each landed by exactly one
+    assert first["claimed"] == second["claimed"] == 1  # the held file, skipped by both
+    assert first["rejected"] == second["rejected"] == 0
+    last = ingest_lab_results(_params(inbox))  # the claim released: the held file lands
+    assert (last.ingested, last.skipped, last.claimed) == (1, FILES - 1, 0)
     _exactly_once(pg_store, inbox)

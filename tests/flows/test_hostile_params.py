@@ -90,6 +90,13 @@ CASES: list[tuple[str, type[BaseModel], dict[str, Any], str]] = [
         "batch_size",
     ),
     ("zero files per task", IngestParams, {"source": "/data", "chunk_size": 0}, "chunk_size"),
+    # issue 15 item 2: a rule set is a name, never a path to any file
+    (
+        "rule set path",
+        IngestParams,
+        {"source": "/data", "critical_rules": "/etc/passwd"},
+        "critical_rules",
+    ),
     ("zero concurrency", MigrateParams, {**JOB, "max_concurrency": 0}, "max_concurrency"),
     (
         "negative retention",

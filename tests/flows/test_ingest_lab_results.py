@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import threading
 import time
@@ -17,7 +18,13 @@ from custody.audit import AuditLog, AuditStatus, Keyring, verify_chain
 from custody.labs import ingest as ingest_module
 from custody.labs.critical import load_rules
 from custody.labs.ingest import LabIngestor
-from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
+from custody.labs.tables import (
+    critical_results,
+    lab_files,
+    lab_quarantine,
+    lab_results,
+    lab_results_history,
+)
 from custody.store.tables import audit_log
 from flows.ingest_lab_results import IngestParams, ingest_lab_results
 from tests.support.env import TEST_KEYS, set_custody_env
@@ -40,6 +47,12 @@ CRITICAL_K = (
 def _mentions_value(text: str) -> bool:
     """The critical value as a number of its own, not digits inside a timestamp."""
     return re.search(r"(?<![\d.])6\.8(?![\d])", text) is not None
+
+
+@pytest.fixture(autouse=True)
+def _inbox_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources must be inside configured inbox roots (issue 15 item 5): the samples and tmp."""
+    monkeypatch.setenv("CUSTODY_LAB_INBOX_ROOTS", json.dumps([str(DATA), str(tmp_path)]))
 
 
 def count(store: Engine, table: object) -> int:
@@ -89,10 +102,15 @@ def test_every_sample_file_lands_or_is_quarantined_and_a_rerun_adds_nothing(
 
 
 def _upserted_twice(store: Engine) -> int:
-    """Results sent twice (a corrected resend of the same order) land once, by result id."""
+    """Results sent twice (a corrected resend of the same order) land once, by result id.
+
+    Issue 16 item 7: the replaced rows are kept in lab_results_history, and the files'
+    counts add up to the stored results.
+    """
     with store.connect() as conn:
         per_file = conn.execute(select(func.sum(lab_files.c.results))).scalar_one()
-    return int(per_file) - count(store, lab_results)
+    assert int(per_file) == count(store, lab_results)
+    return count(store, lab_results_history)
 
 
 def test_a_critical_potassium_is_audited_and_announced_within_a_second_of_parsing(
@@ -230,3 +248,43 @@ def test_a_payload_staged_in_the_store_is_ingested_by_reference(
     assert capsys.readouterr().out.split() == sources[:1]
     summaries = [ingest_lab_results(IngestParams(source=s)) for s in sources]
     assert [(s.files, s.results) for s in summaries] == [(1, 1), (1, 1)]
+
+
+def test_issue_15_item_5_phi_file_names_never_reach_prefect_and_symlinks_are_refused(
+    prefect_api: str, pg_store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from tests.support.artifacts import read_artifacts
+
+    set_custody_env(monkeypatch, store_url=pg_store.url.render_as_string(hide_password=False))
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    (inbox / "DOE_JANE_MRN0099123_potassium.hl7").write_bytes(CRITICAL_K)
+    (outside / "other.hl7").write_bytes(CRITICAL_K.replace(b"CRIT-0001", b"CRIT-0002"))
+    (inbox / "ROE_RICHARD_MRN0099124_sodium.hl7").symlink_to(outside / "other.hl7")
+    state = ingest_lab_results(IngestParams(source=str(inbox)), return_state=True)
+    summary = state.result()
+    assert (summary.files, summary.ingested, summary.rejected, summary.results) == (2, 1, 1, 1)
+    with pg_store.connect() as conn:
+        refused = conn.execute(
+            select(lab_quarantine.c.stage, lab_quarantine.c.reason).where(
+                lab_quarantine.c.source_file == "ROE_RICHARD_MRN0099124_sodium.hl7"
+            )
+        ).one()
+        landed = conn.execute(select(lab_results.c.source_message)).scalars().all()
+    assert refused.stage == "file" and refused.reason.startswith("symlink refused")
+    assert landed == ["CRIT-0001"]  # the file behind the link was never read
+    run_id = str(state.state_details.flow_run_id)
+    artifacts = asyncio.run(read_artifacts(flow_run_id=run_id))
+    shown = " ".join(str(a.data) + str(a.description) for a in artifacts)
+    assert artifacts and "MRN00991" not in shown and "DOE_JANE" not in shown, shown
+    with pg_store.connect() as conn:
+        events = conn.execute(select(audit_log.c.resource_id, audit_log.c.details)).all()
+    assert "MRN00991" not in str(events)
+    # Outside the configured roots: refused before anything is read.
+    monkeypatch.setenv("CUSTODY_LAB_INBOX_ROOTS", json.dumps([str(inbox)]))
+    set_custody_env(monkeypatch, store_url=pg_store.url.render_as_string(hide_password=False))
+    outside_run = ingest_lab_results(IngestParams(source=str(outside)), return_state=True)
+    assert outside_run.is_failed() and "outside" not in str(outside_run.message)

@@ -407,13 +407,22 @@ def _csv(c: Canaries) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
-def write_lab_files(directory: Path, c: Canaries) -> LabDelivery:
-    """One file per format, plus two that are not what they claim (rejected whole).
+def phi_file_name(c: Canaries, analyte: str = "potassium") -> str:
+    """An inbox file named after the patient, as some senders do (issue 15 item 5)."""
+    return f"{c.family}_{c.given}_{c.mrn()}_{analyte}.hl7"
 
-    File names are neutral: they reach Prefect as references.
+
+def write_lab_files(directory: Path, c: Canaries) -> LabDelivery:
+    """One file per format, two that are not what they claim (rejected whole), and a symlink.
+
+    The HL7 file and the symlink are named after the patient: names must never reach Prefect
+    (issue 15 item 5). The symlink leads out of the inbox and is refused, never read.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "feed-a.hl7").write_bytes(_hl7(c))
+    (directory / phi_file_name(c)).write_bytes(_hl7(c))
+    outside = directory.parent / f"outside-{directory.name}.hl7"
+    outside.write_bytes(_hl7(c).replace(b"LAB-0001", b"LAB-0002"))
+    (directory / phi_file_name(c, "sodium")).symlink_to(outside)
     (directory / "feed-b.json").write_bytes(_fhir(c))
     (directory / "feed-c.csv").write_bytes(_csv(c))
     # Patient data without an MSH: read as CSV (auto), refused for its missing columns.
@@ -425,7 +434,9 @@ def write_lab_files(directory: Path, c: Canaries) -> LabDelivery:
         f'{{"resourceType": "Observation", "subject": {{"display": "{c.family}"}}, '
         f'"note": [{{"text": "{c.note}"'.encode()
     )
-    return LabDelivery(files=5, ingested=3, rejected=2, results=6, quarantined=4, critical=3)
+    # critical: the quarantined HL7 sodium (unreadable time) and CSV potassium (too large to
+    # store) are critical too, and alert although quarantined (issue 16 item 3).
+    return LabDelivery(files=6, ingested=3, rejected=3, results=6, quarantined=4, critical=5)
 
 
 # --------------------------------------------------------------------------- application events

@@ -38,13 +38,14 @@ from pydantic import ValidationError
 from custody.labs.model import (
     FormatMismatchError,
     LabResult,
+    NotAResult,
     Rejected,
     ResultStatus,
     SourceRef,
     derived_id,
 )
 
-Item = LabResult | Rejected
+Item = LabResult | Rejected | NotAResult
 
 LOINC = "http://loinc.org"
 _MAX_ID = 200  # LabResult.result_id max_length
@@ -164,7 +165,7 @@ class _Plan(NamedTuple):
 
 def parse_csv(
     data: bytes, file: str, mapping: CsvMapping | None = None
-) -> Iterator[LabResult | Rejected]:
+) -> Iterator[LabResult | Rejected | NotAResult]:
     """Normalise the lab results in a CSV file.
 
     The header is checked when this is called, before any row is read, so a file of another
@@ -244,7 +245,13 @@ def _rows(reader: Iterator[list[str]], plan: _Plan, file: str) -> Iterator[Item]
             yield _reject(file, start, f"malformed CSV: {_csv_problem(exc)}")
             continue
         line_num = getattr(reader, "line_num", line_num + 1)
-        if not row or (plan.filters and _filtered_out(row, plan.filters)):
+        if not row:
+            continue
+        if plan.filters and _filtered_out(row, plan.filters):  # counted, not dropped unseen
+            yield NotAResult(
+                source=SourceRef(file=file, position=f"line {start}"),
+                reason="row outside the layout's lab-result filter",
+            )
             continue
         if len(row) != plan.width:
             yield _reject(file, start, f"{len(row)} fields where the header has {plan.width}")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from custody.labs.model import (
     FormatMismatchError,
     LabResult,
+    NotAResult,
     Rejected,
     ResultStatus,
     SourceRef,
@@ -50,7 +51,7 @@ from custody.labs.model import (
 )
 
 JsonObject = dict[str, Any]
-Item = LabResult | Rejected
+Item = LabResult | Rejected | NotAResult
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -152,7 +153,7 @@ class _Code(NamedTuple):
 # Entry point and format detection
 
 
-def parse_fhir(data: bytes, file: str) -> Iterator[LabResult | Rejected]:
+def parse_fhir(data: bytes, file: str) -> Iterator[LabResult | Rejected | NotAResult]:
     """Normalise every Observation in a FHIR JSON or NDJSON file.
 
     The format is decided, and a file that is not FHIR JSON refused, when this is called rather
@@ -460,14 +461,46 @@ def _observation(obs: JsonObject, origin: _Origin, report: _Report | None) -> li
 def _observation_results(obs: JsonObject, origin: _Origin, report: _Report | None) -> list[Item]:
     try:
         common = _common(obs, report)
+        bad_times = common.pop(_BAD_TIMES)
         code = _code(obs, "Observation")
         value = _value(obs, "Observation")
         components = obs.get("component")
         valued = _valued(components) if components else []
         if value is not None or not valued:
-            return [_result(origin, "", common, code, value, _detail(obs, "Observation"))]
+            only = _result(origin, "", common, code, value, _detail(obs, "Observation"))
+            unused = None if value is not None else set[int]()
+            return [
+                *_quarantined_if_badly_dated([only], bad_times),
+                *_unread(components, origin, unused),
+            ]
     except _Invalid as exc:
         return [origin.reject(str(exc))]
+    items = _quarantined_if_badly_dated(_components(valued, origin, common), bad_times)
+    return [*items, *_unread(components, origin, {i for i, _ in valued})]
+
+
+def _unread(components: Any, origin: _Origin, used: set[int] | None = None) -> list[Item]:
+    """Components that give no result, each counted (issue 16 item 4): nothing vanishes."""
+    if not isinstance(components, list):
+        return []
+    counted: list[Item] = []
+    for index, component in enumerate(components):
+        if used is not None and index in used:
+            continue
+        where = origin.at(f"component {index}", origin.identity).source()
+        if used is None:
+            reason = "component of an Observation whose own value is the result"
+        elif isinstance(component, dict) and "dataAbsentReason" in component:
+            reason = "component with dataAbsentReason and no value"
+        else:
+            reason = "component without a value"
+        counted.append(NotAResult(source=where, reason=reason))
+    return counted
+
+
+def _components(
+    valued: list[tuple[int, JsonObject]], origin: _Origin, common: dict[str, Any]
+) -> list[Item]:
     items: list[Item] = []
     for index, component in valued:
         path = f"Observation.component[{index}]"
@@ -534,14 +567,44 @@ def _common(obs: JsonObject, report: _Report | None) -> dict[str, Any]:
     if subject is not None:
         patient_ref = _str(_obj_item(subject, "Observation.subject"), "reference", *_SUBJECT)
     issued = obs.get("issued")
+    bad_times: list[str] = []
     return {
         "status": status,
         "patient_ref": patient_ref,
         "order_ref": order_ref,
         "performing_lab": performing_lab,
-        "collected_at": _effective(obs),
-        "resulted_at": None if issued is None else _datetime(issued, "Observation.issued"),
+        "collected_at": _lenient(lambda: _effective(obs), bad_times),
+        "resulted_at": None
+        if issued is None
+        else _lenient(lambda: _datetime(issued, "Observation.issued"), bad_times),
+        _BAD_TIMES: bad_times,
     }
+
+
+_BAD_TIMES = "_bad_times"
+
+
+def _lenient(read: Callable[[], datetime | None], problems: list[str]) -> datetime | None:
+    """A time, or None with the reason kept, rather than losing the whole Observation.
+
+    The Observation is still quarantined for it, but what was read reaches the critical check
+    (issue 16 item 3).
+    """
+    try:
+        return read()
+    except _Invalid as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _quarantined_if_badly_dated(items: list[Item], bad_times: list[str]) -> list[Item]:
+    if not bad_times:
+        return items
+    reason = "; ".join(bad_times)
+    return [
+        Rejected(source=i.source, reason=reason, result=i) if isinstance(i, LabResult) else i
+        for i in items
+    ]
 
 
 def _status_problem(raw: Any) -> str:

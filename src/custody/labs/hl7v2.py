@@ -17,9 +17,10 @@ import codecs
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from functools import lru_cache
+from typing import BinaryIO
 
 from custody.labs.model import (
     FormatMismatchError,
@@ -30,13 +31,20 @@ from custody.labs.model import (
     derived_id,
 )
 
-__all__ = ["parse_hl7"]
+__all__ = ["parse_hl7", "parse_hl7_stream"]
 
 _Item = LabResult | Rejected
 _Value = tuple[Decimal | None, str | None, str | None]  # numeric, comparator, text
 _NO_VALUE: _Value = (None, None, None)
 
 _ENVELOPE = frozenset({"FHS", "BHS", "BTS", "FTS"})
+# Unsolicited laboratory observations (specimen-, container- or order-centred) carry OBX
+# exactly as ORU does; ORU^R30 (point of care) and other ORU triggers are accepted as ORU.
+_OUL_TRIGGERS = frozenset({"R21", "R22", "R23", "R24"})
+# OBX-11 codes under which an empty OBX-5 is what the sender means: no result was obtained
+# (X), none was asked (N), deleted (D, W), or still to come (I, O). Any other, e.g. F, with
+# no value is quarantined: a "final" result without a value is not a result.
+_NO_VALUE_STATUSES = frozenset({"X", "N", "D", "W", "I", "O"})
 _MLLP_TO_CR = str.maketrans({"\x0b": "\r", "\x1c": "\r"})
 _OBX_FIELDS = 24  # OBX-23 is the last field read; shorter segments are padded to spare checks
 _LEADING_BLANKS = " \t\f\ufeff"
@@ -71,8 +79,10 @@ _BOUND_RE = re.compile(rf"\s*(<=|>=|<|>|≤|≥)\s*({_NUMBER})\s*([^\s\d=:<>][^\
 _RANGE_RE = re.compile(
     rf"\s*({_NUMBER})\s*(?:-|\u2013|_|to|TO|\.\.)\s*({_NUMBER})\s*([^\s\d=:<>][^\s]{{0,19}})?\s*"
 )
-_TIMESTAMP_RE = re.compile(r"([0-9]{4,14})(?:\.([0-9]{1,6}))?(?:([+-])([0-9]{2})([0-9]{2})?)?")
-_SHOWABLE_TIMESTAMP_RE = re.compile(r"[0-9.+\-]{1,30}")
+_TIMESTAMP_RE = re.compile(
+    r"([0-9]{4,14})(?:\.([0-9]{1,6}))?(?:([+-])([0-9]{2}):?([0-9]{2})?)?"  # -0400 or -04:00
+)
+_SHOWABLE_TIMESTAMP_RE = re.compile(r"[0-9.+:\-]{1,30}")
 _SAFE_TYPE_RE = re.compile(r"[^A-Za-z0-9_^]")
 _CHARSET_8859_RE = re.compile(r"(?:ISO)?[-_ ]?8859[-/_ ]?(\d{1,2})")
 _LATIN1_ALIASES = frozenset(
@@ -104,6 +114,8 @@ class _Message:
     facility: str
     enc: _Encoding
     status_required: bool
+    sender: str | None = None  # MSH-4 first component: the key of a per-sender zone
+    msh_offset: tzinfo | None = None  # MSH-7's own offset: the sender's, for naive times
     patient_ref: str | None = None
     obr_number: int = 0  # 0: no OBR seen since the MSH or the last PID
     obr_count: int = 0
@@ -112,6 +124,9 @@ class _Message:
     order_ref: str | None = None
     obr_collected: datetime | None = None
     obr_resulted: datetime | None = None
+    obr_collected_problem: str | None = None  # OBR-7 present but unreadable
+    obr_resulted_problem: str | None = None  # OBR-22 present but unreadable
+    specimen_collected: datetime | None = None  # SPM-17.1 (OUL^R22, ORU with SPM)
     occurrences: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
 
 
@@ -139,6 +154,54 @@ def parse_hl7(data: bytes, file: str) -> Iterator[LabResult | Rejected]:
     segments = _split_segments(_decode(data))
     _check_shape(segments)
     return _parse_segments(segments, file)
+
+
+def parse_hl7_stream(stream: BinaryIO, file: str, chunk_bytes: int = 2 << 20) -> Iterator[_Item]:
+    """Like ``parse_hl7``, over a file read piece by piece: memory stays flat with its size.
+
+    The file is cut only in front of an MSH, so every message is parsed whole and numbered as
+    in ``parse_hl7``. The whole-file checks run on the first piece before anything is yielded;
+    a later piece that is not HL7 text raises ``FormatMismatchError`` when it is reached, and
+    the caller (one transaction per file) then lands nothing of the file.
+    """
+    pieces = _message_pieces(stream, chunk_bytes)
+    first = next(pieces, b"")
+    segments = _split_segments(_decode(first))
+    _check_shape(segments, whole=False)
+    return _parse_pieces(segments, pieces, file)
+
+
+def _parse_pieces(first: list[str], rest: Iterator[bytes], file: str) -> Iterator[_Item]:
+    numbers = [0, 0]  # messages and segments seen so far
+    yield from _parse_segments(first, file, numbers)
+    for piece in rest:
+        if piece.strip(b" \t\r\n\x0b\x1c\x0c"):
+            yield from _parse_segments(_split_segments(_decode(piece)), file, numbers)
+    if numbers[0] == 0:
+        raise FormatMismatchError("not HL7 v2: the file holds no MSH segment")
+
+
+_MSH_START = re.compile(rb"[\r\n\x0b\x1c]MSH")
+
+
+def _message_pieces(stream: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    """The file in pieces of about ``chunk_bytes``, each ending just before an MSH."""
+    buffer = b""
+    while True:
+        block = stream.read(chunk_bytes)
+        if not block:
+            break
+        buffer += block
+        if len(buffer) < chunk_bytes:
+            continue
+        cut = None
+        for match in _MSH_START.finditer(buffer, max(0, len(buffer) - chunk_bytes)):
+            cut = match.start() + 1
+        if cut is None or cut <= 1:
+            continue  # one message longer than a piece: keep reading
+        yield buffer[:cut]
+        buffer = buffer[cut:]
+    yield buffer
 
 
 # --- whole file ----------------------------------------------------------------------------
@@ -213,30 +276,47 @@ def _split_segments(text: str) -> list[str]:
     return text.split("\r")
 
 
-def _check_shape(segments: list[str]) -> None:
+def _check_shape(segments: list[str], whole: bool = True) -> None:
     """Refuse a file whose first segment is not an HL7 header or that has no MSH at all."""
     first = next((s.lstrip(_LEADING_BLANKS) for s in segments if s.strip()), "")
     if first[:3] not in ("MSH", "FHS", "BHS"):
+        before = next(
+            (i for i, s in enumerate(segments) if s.lstrip(_LEADING_BLANKS)[:3] == "MSH"), None
+        )
+        if before is not None:
+            lines = sum(1 for s in segments[:before] if s.strip())
+            raise FormatMismatchError(
+                f"not HL7 v2: {lines} line(s) before the first MSH (comment or header lines "
+                "are not HL7; an HL7 v2 file starts with MSH, FHS or BHS)"
+            )
         raise FormatMismatchError("not HL7 v2: the file does not start with MSH, FHS or BHS")
-    if not any(s.lstrip(_LEADING_BLANKS)[:3] == "MSH" for s in segments):
+    if whole and not any(s.lstrip(_LEADING_BLANKS)[:3] == "MSH" for s in segments):
         raise FormatMismatchError("not HL7 v2: the file holds no MSH segment")
 
 
 # --- segment stream ------------------------------------------------------------------------
 
 
-def _parse_segments(segments: list[str], file: str) -> Iterator[_Item]:
-    """One pass over the segments, tracking the message, patient and order each OBX is in."""
+def _parse_segments(
+    segments: list[str], file: str, numbers: list[int] | None = None
+) -> Iterator[_Item]:
+    """One pass over the segments, tracking the message, patient and order each OBX is in.
+
+    ``numbers`` (messages, segments) carries the count on from earlier pieces of one file.
+    """
     msg: _Message | None = None
     skipping = False  # inside a refused message: its segments were already accounted for
-    messages = 0
-    for index, raw in enumerate(segments, 1):
+    counts = numbers if numbers is not None else [0, 0]
+    messages, first = counts
+    counts[1] += len(segments)
+    for index, raw in enumerate(segments, first + 1):
         seg = raw.lstrip(_LEADING_BLANKS) if raw[:1] in _LEADING_BLANKS else raw
         if not seg:
             continue
         head = seg[:3]
         if head == "MSH":
             messages += 1
+            counts[0] = messages
             msg, rejection = _start_message(seg, messages, file)
             skipping = msg is None
             if rejection is not None:
@@ -264,6 +344,8 @@ def _segment(head: str, seg: str, msg: _Message, file: str) -> _Item | None:
             _enter_order(seg, msg)
         elif head == "PID":
             _enter_patient(seg, msg)
+        elif head == "SPM":
+            _enter_specimen(seg, msg)
     except Exception as exc:  # the contract: nothing but FormatMismatchError escapes
         source = SourceRef(file=file, message_id=msg.control_id, position=f"message {msg.number}")
         return Rejected(
@@ -304,8 +386,17 @@ def _read_header(seg: str, number: int, file: str) -> tuple[_Message | None, Rej
         facility=fields[3],
         enc=enc,
         status_required=_version(fields[11].split(enc.component)[0]) >= (2, 3),
+        sender=_first_component(fields[3], enc),
+        msh_offset=_header_offset(fields[6], enc),
     )
     return msg, None
+
+
+def _header_offset(raw: str, enc: _Encoding) -> tzinfo | None:
+    """MSH-7's offset, which is the sender's own for the times it wrote without one."""
+    text = raw.split(enc.component, 1)[0].strip()
+    value = _timestamp(text) if text else None
+    return None if value is None else value.tzinfo
 
 
 def _encoding(seg: str) -> _Encoding | str:
@@ -346,9 +437,11 @@ def _msh_problem(fields: list[str], enc: _Encoding) -> str | None:
     if not fields[9].strip():
         return "MSH-10 (message control id) missing"
     kind = message_type.split(enc.component)
-    if kind[0].strip().upper() != "ORU":
+    family = kind[0].strip().upper()
+    trigger = kind[1].strip().upper() if len(kind) > 1 else ""
+    if family != "ORU" and not (family == "OUL" and trigger in _OUL_TRIGGERS):
         shown = _SAFE_TYPE_RE.sub("", "^".join(kind[:2]))
-        return f"MSH-9 is {shown[:20]}, not ORU"
+        return f"MSH-9 is {shown[:20]}, not ORU (R01, R30...) or OUL^R21-R24"
     return None
 
 
@@ -369,7 +462,16 @@ def _enter_patient(seg: str, msg: _Message) -> None:
     msg.patient_ref = _patient_ref(fields[3] if len(fields) > 3 else "", msg.enc)
     msg.obr_number = 0
     msg.order_ref = None
-    msg.obr_collected = msg.obr_resulted = None
+    msg.obr_collected = msg.obr_resulted = msg.specimen_collected = None
+    msg.obr_collected_problem = msg.obr_resulted_problem = None
+
+
+def _enter_specimen(seg: str, msg: _Message) -> None:
+    """An SPM gives the specimen's collection time (SPM-17.1), the fallback after OBR-7."""
+    fields = seg.split(msg.enc.field)
+    raw = fields[17] if len(fields) > 17 else ""
+    text = raw.split(msg.enc.repetition, 1)[0].split(msg.enc.component, 1)[0].strip()
+    msg.specimen_collected = _timestamp(text) if text else None
 
 
 def _patient_ref(raw: str, enc: _Encoding) -> str | None:
@@ -395,8 +497,13 @@ def _enter_order(seg: str, msg: _Message) -> None:
     msg.obx_number = 0
     filler = _first_component(fields[3], msg.enc)
     msg.order_ref = filler or _first_component(fields[2], msg.enc)
-    msg.obr_collected = _lenient_timestamp(fields[7], msg.enc)
-    msg.obr_resulted = _lenient_timestamp(fields[22], msg.enc)
+    # One rule for every time a result is dated by (OBX-14, OBX-19, OBR-7, OBR-22): present
+    # but unreadable quarantines the result, with the field named in the reason.
+    problems: list[str] = []
+    msg.obr_collected = _dating(fields[7], msg.enc, "OBR-7", problems)
+    msg.obr_collected_problem = problems.pop() if problems else None
+    msg.obr_resulted = _dating(fields[22], msg.enc, "OBR-22", problems)
+    msg.obr_resulted_problem = problems.pop() if problems else None
 
 
 # --- OBX -----------------------------------------------------------------------------------
@@ -418,11 +525,15 @@ def _observation(seg: str, msg: _Message, file: str) -> _Item:
     status_code = _status_code(fields[11], enc)
     if not status_code and (msg.status_required or not fields[5].strip()):
         return Rejected(source=SourceRef(**source), reason=_missing_status_reason(fields, enc))
-    try:
-        collected = _strict_timestamp(fields[14], enc, "OBX-14") or msg.obr_collected
-        resulted = _strict_timestamp(fields[19], enc, "OBX-19") or msg.obr_resulted
-    except _BadTimestampError as exc:
-        return Rejected(source=SourceRef(**source), reason=str(exc))
+    bad_times: list[str] = []
+    collected = _dated_by(fields[14], "OBX-14", msg.obr_collected, msg.obr_collected_problem,
+                          enc, bad_times) or msg.specimen_collected  # fmt: skip
+    resulted = _dated_by(fields[19], "OBX-19", msg.obr_resulted, msg.obr_resulted_problem,
+                         enc, bad_times)  # fmt: skip
+    zone_source = None
+    if msg.msh_offset is not None and (_naive(collected) or _naive(resulted)):
+        collected, resulted = _placed(collected, msg.msh_offset), _placed(resulted, msg.msh_offset)
+        zone_source = "msh7"
     order_key = msg.order_ref or msg.control_id
     record = _observed_values(fields, enc)
     record.update(
@@ -436,10 +547,51 @@ def _observation(seg: str, msg: _Message, file: str) -> _Item:
         status=_STATUS.get(status_code, ResultStatus.UNKNOWN),
         collected_at=collected,
         resulted_at=resulted,
+        sender=msg.sender,
+        time_zone_source=zone_source,
         source=source,
     )
     # model_validate on a dict: a third faster than keyword construction, same validation.
-    return LabResult.model_validate(record)
+    result = LabResult.model_validate(record)
+    if bad_times:  # quarantined, but what was read still goes to the critical check
+        return Rejected(source=SourceRef(**source), reason="; ".join(bad_times), result=result)
+    no_value = result.value_numeric is None and result.value_text is None
+    if no_value and status_code not in _NO_VALUE_STATUSES:
+        reason = (
+            f"OBX-5 (value) empty with OBX-11 result status {status_code or 'missing'}: only "
+            "X, N, D, W, I or O may come without a value"
+        )
+        return Rejected(source=SourceRef(**source), reason=reason, result=result)
+    return result
+
+
+def _dated_by(
+    raw: str,
+    name: str,
+    fallback: datetime | None,
+    fallback_problem: str | None,
+    enc: _Encoding,
+    problems: list[str],
+) -> datetime | None:
+    """The OBX's own time, else its OBR's: whichever dates the result must be readable.
+
+    One rule for OBX-14/OBR-7 and OBX-19/OBR-22: a time that is present but unreadable
+    quarantines the result it dates, with the field named in the reason.
+    """
+    if raw.strip():
+        return _dating(raw, enc, name, problems)
+    if fallback_problem is not None:
+        problems.append(fallback_problem)
+    return fallback
+
+
+def _dating(raw: str, enc: _Encoding, name: str, problems: list[str]) -> datetime | None:
+    """A strict timestamp, or None with the reason added to ``problems`` when unreadable."""
+    try:
+        return _strict_timestamp(raw, enc, name)
+    except _BadTimestampError as exc:
+        problems.append(str(exc))
+        return None
 
 
 def _occurrence(msg: _Message, code: str, sub_id: str) -> int:
@@ -717,12 +869,6 @@ def _strict_timestamp(raw: str, enc: _Encoding, name: str) -> datetime | None:
     return value
 
 
-def _lenient_timestamp(raw: str, enc: _Encoding) -> datetime | None:
-    """An OBR fallback time: only context, so an unreadable one is dropped, not fatal."""
-    text = raw.split(enc.component, 1)[0].strip()
-    return _timestamp(text) if text else None
-
-
 def _showable(text: str) -> str:
     """The timestamp for a reason, unless it does not even look like one (could be PHI)."""
     if _SHOWABLE_TIMESTAMP_RE.fullmatch(text):
@@ -750,6 +896,15 @@ def _timestamp(text: str) -> datetime | None:
         return datetime(int(digits[:4]), month, day, hour, minute, second, micro, tzinfo=tz)
     except ValueError:
         return None
+
+
+def _naive(value: datetime | None) -> bool:
+    return value is not None and value.tzinfo is None
+
+
+def _placed(value: datetime | None, zone: tzinfo) -> datetime | None:
+    """A naive time given the sender's offset from MSH-7; aware ones keep their own."""
+    return value.replace(tzinfo=zone) if value is not None and value.tzinfo is None else value
 
 
 def _offset(sign: str, hours: str, minutes: str | None) -> timezone:

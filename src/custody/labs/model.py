@@ -69,6 +69,11 @@ class LabResult(BaseModel):
     resulted_at: datetime | None = None
     performing_lab: str | None = None
     technician: str | None = None
+    sender: str | None = Field(default=None, description="HL7 MSH-4 sending facility")
+    time_zone_source: str | None = Field(
+        default=None,
+        description="Which rule placed times sent without an offset (custody.labs.zones)",
+    )
     source: SourceRef
 
 
@@ -79,6 +84,24 @@ class Rejected(BaseModel):
 
     source: SourceRef
     reason: str = Field(description="What is wrong, naming the segment/field or JSON path")
+    result: LabResult | None = Field(
+        default=None,
+        description="What could still be read (the bad field left out): a result that is "
+        "critical by rule or by the sender's flag must alert even when it is quarantined",
+    )
+
+
+class NotAResult(BaseModel):
+    """An item of a file that is deliberately not a result, counted so that nothing vanishes.
+
+    E.g. a FHIR component carrying only ``dataAbsentReason`` ("not performed"): there is no
+    value to store and nothing wrong to quarantine, but the file's summary still counts it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    source: SourceRef
+    reason: str
 
 
 class FormatMismatchError(ValueError):

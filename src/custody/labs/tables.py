@@ -6,7 +6,8 @@ These tables hold PHI: they stay inside the database, behind its access controls
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, Numeric, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, Numeric, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from custody.db import UTCDateTime
 
@@ -35,6 +36,8 @@ lab_results = Table(
     Column("resulted_at", UTCDateTime),
     Column("performing_lab", Text),
     Column("technician", Text),
+    Column("sender", Text),
+    Column("time_zone_source", Text),
     Column("source_file", Text, nullable=False),
     Column("source_message", Text),
     Column("source_position", Text, nullable=False),
@@ -67,6 +70,7 @@ lab_files = Table(
     Column("quarantined", BigInteger, nullable=False),
     Column("critical", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
+    Column("not_results", BigInteger),  # items counted as not a result (issue 16 item 4)
     Column("ingested_at", UTCDateTime, nullable=False),
     Column("correlation_id", Text),
 )
@@ -80,9 +84,27 @@ critical_results = Table(
     Column("analyte", Text, nullable=False),
     Column("loinc_code", Text, nullable=False),
     Column("direction", Text, nullable=False),
-    Column("limit_value", Numeric, nullable=False),
+    Column("limit_value", Numeric),  # NULL: the sender's own flag, no rule limit
+    Column("alert_source", Text),  # rule_table | sender_flag | rule_table+sender_flag
+    Column("quarantine_stage", Text),  # set when the result itself was quarantined
     Column("audit_seq", BigInteger),
     Column("detected_at", UTCDateTime, nullable=False),
     Column("acknowledged_at", UTCDateTime),
     Column("acknowledged_by", Text),
+)
+
+# A stored result replaced by a later file (same order, test and occurrence: a correction, a
+# cancellation, a resend): the row as it was, so that a result never silently changes.
+lab_results_history = Table(
+    "lab_results_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_id", Text, nullable=False),
+    Column("file_sha256", Text, nullable=False),  # the file that had landed the replaced row
+    Column("replaced_by_file", Text, nullable=False),  # the file whose result replaced it
+    Column("previous_status", Text, nullable=False),
+    Column("new_status", Text, nullable=False),
+    Column("previous", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    Column("replaced_at", UTCDateTime, nullable=False),
+    Column("correlation_id", Text),
 )

@@ -84,13 +84,13 @@ def _storable(number: Decimal) -> bool:
 
 
 def with_zone(result: LabResult, zone: ZoneInfo) -> LabResult:
-    """The result with naive times placed in the site's zone (aware ones are kept)."""
-    updates = {
-        name: value.replace(tzinfo=zone)
-        for name in ("collected_at", "resulted_at")
-        if isinstance(value := getattr(result, name), datetime) and value.tzinfo is None
-    }
-    return result.model_copy(update=updates) if updates else result
+    """The result with naive times placed in ``zone`` (aware ones are kept).
+
+    ``custody.labs.zones.ZonePolicy`` is the full rule (per sender and per source first).
+    """
+    from custody.labs.zones import ZonePolicy
+
+    return ZonePolicy(default=zone).place(result)
 
 
 def _comparable(value: datetime) -> datetime:

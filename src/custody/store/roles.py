@@ -77,7 +77,12 @@ POLICY: dict[str, TablePolicy] = {
     ),
     "lab_results": TablePolicy(("SELECT", "INSERT", "UPDATE"), why="idempotent upsert"),
     "lab_quarantine": TablePolicy(("SELECT", "INSERT"), serial="id"),
-    "lab_files": TablePolicy(("SELECT", "INSERT")),
+    "lab_files": TablePolicy(
+        ("SELECT", "INSERT"),
+        update_columns=("results",),
+        why="a later file's replacement of a result takes it off the earlier file's count",
+    ),
+    "lab_results_history": TablePolicy(("SELECT", "INSERT"), serial="id"),
     "critical_results": TablePolicy(
         ("SELECT", "INSERT", "UPDATE"), serial="id", why="acknowledged later"
     ),

@@ -60,7 +60,7 @@ def test_a_site_file_replaces_the_default_set(tmp_path: Path) -> None:
         "limits": [{"units": ["mmol/L"], "low": "3.0", "high": "6.0"}],
         "source": "St Mary's laboratory policy LAB-114, rev. 7",
     }]}))  # fmt: skip
-    rules = load_rules(str(site))
+    rules = load_rules("site", rules_dir=site.parent)  # chosen by file name, not path
     assert rules.name == "st-mary"
     finding = rules.check(result("2823-3", "6.1", "mmol/L"))
     assert finding is not None and finding.limit == Decimal("6.0")
@@ -84,11 +84,51 @@ def test_a_bad_rule_file_is_refused_with_the_reason(
     site = tmp_path / "bad.json"
     site.write_text(content)
     with pytest.raises(ConfigError, match=message):
-        load_rules(str(site))
+        load_rules("bad", rules_dir=tmp_path)
 
 
 def test_unknown_rule_set_names_are_refused() -> None:
-    with pytest.raises(ConfigError, match="no file"):
+    with pytest.raises(ConfigError, match="not one of the available rule sets: default"):
         load_rules("nonexistent")
-    with pytest.raises(ConfigError, match="not a plain name"):
+    with pytest.raises(ConfigError, match="not a path"):
         load_rules("../../etc/passwd")
+
+
+FHIR_WITH_PHI = (
+    '{"resourceType": "Observation", "subject": {"display": "DOE^JANE MRN0099123"}, '
+    '"valueQuantity": {"value": 6.8123}}'
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["/etc/passwd", "/tmp/x/obs.json", "obs.json", "../obs", "C:\\rules", "obs json", ""],
+)
+def test_issue_15_item_2_rule_sets_are_names_never_paths(tmp_path: Path, name: str) -> None:
+    """Issue 15 item 2: pointing critical_rules at any file reads nothing and says nothing."""
+    (tmp_path / "obs.json").write_text(FHIR_WITH_PHI)
+    with pytest.raises(ConfigError) as caught:
+        load_rules(name, rules_dir=tmp_path if name == "obs.json" else None)
+    message = str(caught.value)
+    assert "must be a rule set name" in message and caught.value.__context__ is None
+    assert "DOE" not in message and "6.8123" not in message and "passwd" not in message
+
+
+def test_issue_15_item_2_errors_never_quote_the_file_nor_reveal_paths(tmp_path: Path) -> None:
+    """Issue 15 item 2: a file in the rules directory that is not a rule set is refused by
+    name, quoting none of its content; a missing name does not say where it was looked for."""
+    (tmp_path / "obs.json").write_text(FHIR_WITH_PHI)
+    (tmp_path / "cut.json").write_text(FHIR_WITH_PHI[:40])
+    (tmp_path / "linked.json").symlink_to(RULES_DIR / "default.json")
+    for name in ("obs", "cut"):
+        with pytest.raises(ConfigError) as caught:
+            load_rules(name, rules_dir=tmp_path)
+        message = str(caught.value)
+        assert f"critical rule set {name!r} is not" in message
+        assert "DOE" not in message and "MRN" not in message and "6.8123" not in message
+        assert str(tmp_path) not in message and caught.value.__context__ is None
+    with pytest.raises(ConfigError) as missing:
+        load_rules("absent", rules_dir=tmp_path)
+    assert str(tmp_path) not in str(missing.value) and "/" not in str(missing.value)
+    with pytest.raises(ConfigError):  # a symlink in the rules directory is not followed
+        load_rules("linked", rules_dir=tmp_path)

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from custody.labs.fhir import parse_fhir
-from custody.labs.model import FormatMismatchError, LabResult, Rejected, ResultStatus, derived_id
+from custody.labs.model import (
+    FormatMismatchError,
+    LabResult,
+    NotAResult,
+    Rejected,
+    ResultStatus,
+    derived_id,
+)
 
 SHARED = Path(__file__).parents[4] / "shared" / "data"
 DATA = SHARED / "fhir_r4"
@@ -503,7 +510,7 @@ def assert_survives(data: bytes) -> None:
         items = list(parse_fhir(data, "mutant.json"))
     except FormatMismatchError:
         return
-    assert all(isinstance(i, LabResult | Rejected) for i in items)
+    assert all(isinstance(i, LabResult | Rejected | NotAResult) for i in items)
     unexpected = [i.reason for i in items if isinstance(i, Rejected) and "unexpected" in i.reason]
     assert not unexpected
 

@@ -71,10 +71,18 @@ EXPECTED_OBX = {
 
 # Rejections per file, each one read off the file by hand; every other file: 0.
 EXPECTED_REJECTED = {
+    # Issue 16 item 6: OBR-7 and OBR-22 are the de-identification placeholder 'DATE!' and the
+    # OBX have no OBX-14/OBX-19 of their own: a time present but unreadable quarantines the
+    # results it dates (these were stored undated before).
+    "cdc-prime-reportstream/ORU_deidentified.hl7": 4,
+    # Issue 16 item 5: an empty OBX-5 with status F or C (stored as final before).
+    "cdc-prime-reportstream/sample_oru_20241015-001.hl7": 1,
+    "cdc-prime-reportstream/valid_hl7.hl7": 3,
     # OBX 4 of OBR 2 and of OBR 3 (the panel is sent twice) has OBX-14 '220241021055726'.
     "cdc-prime-reportstream/sample_oru_CDPH_NBS_20241021-001.hl7": 2,
-    # OBX 2-4 are narrative continuation lines with an empty OBX-3.
-    "linuxforhealth-hl7v2-fhir-converter/ORU-multiline-short-mixed.hl7": 3,
+    # OBX 2-4 are narrative continuation lines with an empty OBX-3; OBX 1's OBX-5 is empty
+    # with status F (issue 16 item 5).
+    "linuxforhealth-hl7v2-fhir-converter/ORU-multiline-short-mixed.hl7": 4,
     # The ED OBX before the first OBR has an empty OBX-3.
     "microsoft-FHIR-Converter/ORU-R01-01.hl7": 1,
     # OBX 1 has two extra empty fields after OBX-4: value in OBX-7, status in OBX-13.
@@ -511,7 +519,7 @@ def test_non_oru_message_is_one_rejection_and_others_still_parse() -> None:
 
     assert len(results) == 4
     (adt_rejection,) = rejected
-    assert adt_rejection.reason == "MSH-9 is ADT^A01, not ORU"
+    assert adt_rejection.reason == "MSH-9 is ADT^A01, not ORU (R01, R30...) or OUL^R21-R24"
     assert adt_rejection.source.position == "message 2"
     assert adt_rejection.source.message_id == "ADT1"
     assert "SECRETNAME" not in adt_rejection.model_dump_json()
@@ -559,14 +567,19 @@ def test_bad_timestamps_reject_the_obx_without_echoing_non_timestamps() -> None:
     ]
 
 
-def test_bad_obr_times_are_dropped_not_fatal() -> None:
+def test_issue_16_item_6_bad_obr_times_quarantine_the_results_they_date() -> None:
     obr = OBR.replace("20240101083000-0500", "DATE!").replace("20240101110000-0500", "2024133")
-    obx = "OBX|1|NM|2823-3^Potassium^LN||4.2|mmol/L|||||F"
+    undated = "OBX|1|NM|2823-3^Potassium^LN||4.2|mmol/L|||||F"
+    dated = "OBX|2|NM|2951-2^Sodium^LN||140|mmol/L|||||F|||20240101083000|||||20240101110000"
 
-    (result,), rejected = parse(hl7(MSH.format(id="C"), PID, obr, obx))
+    (result,), rejected = parse(hl7(MSH.format(id="C"), PID, obr, undated, dated))
 
-    assert not rejected
-    assert (result.collected_at, result.resulted_at) == (None, None)
+    # Same rule as a bad OBX-19: quarantined with the field named; the OBX with its own
+    # readable times does not depend on the OBR's and lands.
+    assert [r.reason for r in rejected] == [
+        "OBR-7: bad timestamp (5 characters, not a timestamp); OBR-22: bad timestamp '2024133'"
+    ]
+    assert result.code == "2951-2"
 
 
 def test_obx_outside_any_message_is_rejected() -> None:
@@ -714,8 +727,6 @@ def test_status_mapping(code: str, status: ResultStatus) -> None:
         ("CX", "LGZKXXR5^^^Lab&1.2&ISO", (None, None, "LGZKXXR5")),
         ("DT", "20240411", (None, None, "20240411")),
         ("", "something", (None, None, "something")),
-        ("NM", "", (None, None, None)),
-        ("NM", " ", (None, None, None)),
     ],
 )
 def test_values(value_type: str, value: str, expected: tuple[object, ...]) -> None:
@@ -774,8 +785,11 @@ def test_reference_ranges(text: str, low: str | None, high: str | None) -> None:
 def test_timestamps(stamp: str, expected: datetime) -> None:
     (result,), _ = parse(hl7(*oru("C1", f"OBX|1|NM|2823-3^K^LN||4||||||F|||{stamp}")))
 
+    if expected.tzinfo is None:  # issue 16 item 1: a naive time takes MSH-7's offset (-0500)
+        expected = expected.replace(tzinfo=timezone(-timedelta(hours=5)))
+        assert result.time_zone_source == "msh7"
     assert result.collected_at == expected
-    assert (result.collected_at.tzinfo is None) == (expected.tzinfo is None)
+    assert result.collected_at.utcoffset() == expected.utcoffset()
 
 
 @pytest.mark.parametrize(
@@ -807,7 +821,6 @@ def test_bad_timestamps(stamp: str) -> None:
         ("x\\.in+4\\y", "xy"),
         ("\\X48656C6C6F\\", "Hello"),
         ("\\XC3A9\\", "é"),
-        ("\\XZZ\\", None),
         ("C:\\temp", "C:\\temp"),
         ("a\\T\\b\\c", "a&b\\c"),
         ("\\H\\bold\\N\\", "bold"),
