@@ -32,7 +32,8 @@ REVOKE ALL ON TABLE "public"."lab_files" FROM "custody_ingest", "custody_reporti
 GRANT SELECT, INSERT ON TABLE "public"."lab_files" TO "custody_ingest";
 GRANT SELECT ON TABLE "public"."lab_files" TO "custody_reporting";
 REVOKE ALL ON TABLE "public"."critical_results" FROM "custody_ingest", "custody_reporting";
-GRANT SELECT, INSERT, UPDATE ON TABLE "public"."critical_results" TO "custody_ingest";
+GRANT SELECT, INSERT ON TABLE "public"."critical_results" TO "custody_ingest";
+GRANT UPDATE ("acknowledged_at", "acknowledged_by") ON TABLE "public"."critical_results" TO "custody_ingest";
 GRANT SELECT ON TABLE "public"."critical_results" TO "custody_reporting";
 REVOKE ALL ON SEQUENCE "public"."critical_results_id_seq" FROM "custody_ingest", "custody_reporting";
 GRANT USAGE ON SEQUENCE "public"."critical_results_id_seq" TO "custody_ingest";
