@@ -128,7 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", default=None, help="worker name (default: generated)")
     worker.add_argument("--limit", type=int, default=None, help="flow runs at once")
     worker.add_argument(
+        "--work-queue", action="append", default=None, help="poll only this queue (repeatable)"
+    )
+    worker.add_argument(
         "--run-once", action="store_true", help="take the runs scheduled now, finish, exit"
+    )
+    worker.add_argument(
+        "--with-healthcheck", action="store_true", help="serve /health (PREFECT_WORKER_WEBSERVER_*)"
     )
     worker.set_defaults(handler=_worker)
 
@@ -310,8 +316,10 @@ def _worker(args: argparse.Namespace) -> int:
     # The composition root reaches the flows: the worker checks deployments against prefect.yaml.
     from flows.hardened import HardenedWorker
 
-    worker = HardenedWorker(work_pool_name=args.pool, name=args.name, limit=args.limit)
-    asyncio.run(worker.start(run_once=args.run_once))
+    worker = HardenedWorker(
+        work_pool_name=args.pool, work_queues=args.work_queue, name=args.name, limit=args.limit
+    )
+    asyncio.run(worker.start(run_once=args.run_once, with_healthcheck=args.with_healthcheck))
     return 0
 
 
