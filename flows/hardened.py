@@ -33,6 +33,7 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+from prefect.runner import Runner
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from custody.audit import AuditEvent, AuditLog, AuditStatus, DataClassification, Keyring
@@ -190,6 +191,42 @@ class HardenedWorker(ProcessWorker):
             task_status.started(process.pid)
         status = await process.wait()
         return ProcessWorkerResult(status_code=status, identifier=str(process.pid))
+
+
+class _CheckedStarter:
+    """Wraps the runner's way of starting a served flow: the deployment is checked first."""
+
+    def __init__(self, inner: Any, runner: HardenedRunner) -> None:
+        self._inner = inner
+        self._runner = runner
+
+    async def start(self, flow_run: FlowRun, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        await check_flow_run(self._runner.client, flow_run)
+        await self._inner.start(flow_run, task_status=task_status)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class HardenedRunner(Runner):
+    """``custody serve``'s runner: served flows run only if their deployment is the shipped one.
+
+    Prefect's runner already runs a served deployment's own flow object (it never runs the
+    API's pull steps or entrypoint for it); this adds the same check, refusal and audit event
+    as the hardened worker, so a tampered deployment is seen rather than silently ignored.
+    """
+
+    @property
+    def client(self) -> PrefectClient:
+        """The runner's API client (set when it starts)."""
+        return self._client
+
+    async def __aenter__(self) -> HardenedRunner:
+        await super().__aenter__()
+        poller = self._scheduled_run_poller
+        resolve = poller._resolve_starter
+        poller._resolve_starter = lambda flow_run: _CheckedStarter(resolve(flow_run), self)
+        return self
 
 
 def run_hardened_flow_run(flow_run_id: UUID) -> None:

@@ -88,8 +88,9 @@ def test_issue_15_item_1_a_patched_pull_step_runs_nothing_on_the_hardened_worker
     marker, marker2 = tmp_path / "stolen-env", tmp_path / "stolen-env-2"
     steal = {"prefect.deployments.steps.run_shell_script": {
         "script": f"sh -c 'env > {marker}'", "stream_output": False}}  # fmt: skip
-    anchor, replay = ids["anchor-audit-chain"], ids["replay-dead-letters"]
-    originals = {i: api_call("GET", f"{api}/deployments/{i}").json() for i in (anchor, replay)}
+    # Not audit-maintenance: test_deployments.py serves it, which re-registers it for serve.
+    anchor, report = ids["anchor-audit-chain"], ids["compliance-report"]
+    originals = {i: api_call("GET", f"{api}/deployments/{i}").json() for i in (anchor, report)}
     try:
         # The attack works against a stock worker started as the README used to say.
         _patch(api, anchor, {"pull_steps": [steal]})
@@ -100,10 +101,10 @@ def test_issue_15_item_1_a_patched_pull_step_runs_nothing_on_the_hardened_worker
         marker.unlink()
 
         # The hardened worker: the same PATCH, plus a command and an entrypoint through the API.
-        _patch(api, replay, {"job_variables": {"command": f"sh -c 'env > {marker2}'"},
+        _patch(api, report, {"job_variables": {"command": f"sh -c 'env > {marker2}'"},
                              "entrypoint": "flows/demo.py:demo"})  # fmt: skip
-        attacked = [_create_run(api, anchor, {}), _create_run(api, replay, {"kind": "copy"})]
-        untouched = _create_run(api, ids["audit-maintenance"], {"months_ahead": 2})
+        attacked = [_create_run(api, anchor, {}), _create_run(api, report, {})]
+        untouched = _create_run(api, ids["replay-dead-letters"], {"kind": "copy"})
         _worker(hardened, env, cwd, tmp_path / "hardened-worker.log")
         states = _wait(api, [*attacked, untouched])
     finally:
@@ -127,7 +128,59 @@ def test_issue_15_item_1_a_patched_pull_step_runs_nothing_on_the_hardened_worker
     assert set(by_run) == set(attacked)
     assert by_run[attacked[0]].resource_id == "anchor-audit-chain"
     assert by_run[attacked[0]].details["differs"] == ["pull_steps"]
-    assert by_run[attacked[1]].resource_id == "replay-dead-letters"
+    assert by_run[attacked[1]].resource_id == "compliance-report"
     assert by_run[attacked[1]].details["differs"] == ["entrypoint", "job_variables"]
     assert {r.status for r in refused} == {"denied"}
     assert str(ROOT) not in str([r.details for r in refused])  # fields named, not their content
+
+
+@pytest.mark.slow
+def test_issue_15_item_1_custody_serve_refuses_a_patched_deployment(
+    request: pytest.FixtureRequest, pg_store: Engine, tmp_path: Path
+) -> None:
+    """Issue 15 item 1: the same PATCH against `custody serve`: nothing runs, refusal audited."""
+    deployed: DeployedProject = deployed_custody(request)
+    api = deployed.server.api_url
+    env = deployed.server.client_env(
+        **custody_env(store_url=pg_store.url.render_as_string(hide_password=False)),
+        CUSTODY_OBJECT_STORE_URL=(tmp_path / "objects").as_uri(),
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
+    name, marker = "anchor-audit-chain", tmp_path / "stolen-env"
+    deployment_id = deployed.deployment_ids()[name]
+    original = api_call("GET", f"{api}/deployments/{deployment_id}").json()
+    serve = [str(Path(sys.executable).parent / "custody"), "serve", name, "--no-schedules"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(serve, env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            api_call("GET", f"{api}/deployments/{deployment_id}").json()["entrypoint"]
+            == (original["entrypoint"])
+        ):  # serve re-registers the deployment with its module path
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()
+            time.sleep(0.5)
+        steal = {
+            "prefect.deployments.steps.run_shell_script": {"script": f"sh -c 'env > {marker}'"}
+        }
+        _patch(api, deployment_id, {"pull_steps": [steal]})
+        run_id = _create_run(api, deployment_id, {})
+        state = _wait(api, [run_id])[run_id]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        keep = ("entrypoint", "pull_steps", "job_variables", "path", "work_pool_name",
+                "work_queue_name")  # fmt: skip
+        _patch(api, deployment_id, {k: original[k] for k in keep})
+    assert not marker.exists()
+    assert state["type"] == "CRASHED", state
+    assert "differs from the shipped prefect.yaml (pull_steps)" in log.read_text()
+    with pg_store.connect() as conn:
+        refused = conn.execute(
+            select(audit_log.c.resource_id, audit_log.c.details).where(
+                audit_log.c.action == REFUSED_ACTION, audit_log.c.correlation_id == run_id
+            )
+        ).one()
+    assert refused.resource_id == name and refused.details["differs"] == ["pull_steps"]
