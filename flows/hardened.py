@@ -44,10 +44,14 @@ from flows.deployments import PROJECT_FILE, DeploymentSpec, deployment_specs, lo
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import FlowRun, State
     from prefect.client.schemas.responses import DeploymentResponse
 
 REFUSED_ACTION = "prefect.deployment.refused"
+CANCEL_POLL_SECONDS = 2.0
+"""How often the hardened worker asks whether a running flow run was cancelled."""
+CANCEL_GRACE_SECONDS = 20.0
+"""SIGTERM first (the flow ends its chunk cleanly); SIGKILL after this long."""
 
 # A deploy-time value the file leaves to `prefect deploy` (the checkout's directory). In the
 # stored steps it must be a plain path: nothing a shell would expand or split on.
@@ -177,7 +181,7 @@ class HardenedWorker(ProcessWorker):
         The configuration (command, environment, working directory from job variables) is
         ignored on purpose: the child gets this worker's own environment.
         """
-        await check_flow_run(self.client, flow_run)
+        spec = await check_flow_run(self.client, flow_run)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
         env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
         process = await anyio.open_process(
@@ -189,8 +193,49 @@ class HardenedWorker(ProcessWorker):
         )
         if task_status is not None:
             task_status.started(process.pid)
-        status = await process.wait()
+        cancelled = False
+        async with anyio.create_task_group() as watching:
+
+            async def watch_for_cancel() -> None:
+                nonlocal cancelled
+                while True:
+                    await anyio.sleep(CANCEL_POLL_SECONDS)
+                    current = await self.client.read_flow_run(flow_run.id)
+                    if current.state is not None and current.state.is_cancelling():
+                        # Cancelled first: the process's own "crashed" on SIGTERM is then refused.
+                        cancelled = True
+                        await self._mark_cancelled(flow_run)
+                        await _stop(process)
+                        return
+
+            watching.start_soon(watch_for_cancel)
+            status = await process.wait()
+            watching.cancel_scope.cancel()
+        if cancelled:  # the process has stopped: the installed flow's own hooks run now
+            from prefect.runner.runner import _run_hooks
+
+            flow = spec.load_flow()
+            refreshed = await self.client.read_flow_run(flow_run.id)
+            assert refreshed.state is not None
+            await _run_hooks(flow.on_cancellation_hooks or [], refreshed, flow, refreshed.state)
+            status = 0  # the run is Cancelled, not crashed
         return ProcessWorkerResult(status_code=status, identifier=str(process.pid))
+
+    async def _mark_cancelled(self, flow_run: FlowRun) -> None:
+        from prefect.states import Cancelled
+
+        state: State[Any] = Cancelled(
+            message="Flow run cancelled: custody worker stopped its process."
+        )
+        await self.client.set_flow_run_state(flow_run.id, state, force=True)
+
+
+async def _stop(process: anyio.abc.Process) -> None:
+    process.terminate()
+    with anyio.move_on_after(CANCEL_GRACE_SECONDS):
+        await process.wait()
+        return
+    process.kill()
 
 
 class _CheckedStarter:

@@ -21,6 +21,9 @@ from sqlalchemy import Engine, select
 from custody.store.tables import audit_log
 from flows.hardened import REFUSED_ACTION
 from tests.support.env import custody_env
+from tests.support.labs import make_lab_results
+from tests.support.pagila import table_digests
+from tests.support.postgres import DatabaseFactory
 from tests.support.prefect_server import ROOT, DeployedProject, api_call, deployed_custody
 
 pytestmark = pytest.mark.xdist_group("deployed-custody")  # shares the deployed server
@@ -48,6 +51,12 @@ def _wait(api: str, run_ids: list[str], timeout: float = 120) -> dict[str, dict[
             return states
         time.sleep(0.5)
     raise AssertionError(f"runs not finished after {timeout:.0f} s: {states}")
+
+
+def _actions(store: Engine, run_id: str) -> set[str]:
+    with store.connect() as conn:
+        query = select(audit_log.c.action).where(audit_log.c.correlation_id == run_id)
+        return set(conn.execute(query).scalars())
 
 
 def _patch(api: str, deployment_id: str, changes: dict[str, Any]) -> None:
@@ -184,3 +193,59 @@ def test_issue_15_item_1_custody_serve_refuses_a_patched_deployment(
             )
         ).one()
     assert refused.resource_id == name and refused.details["differs"] == ["pull_steps"]
+
+
+@pytest.mark.slow
+def test_the_hardened_worker_cancels_a_running_flow_and_runs_its_cancellation_hook(
+    request: pytest.FixtureRequest, pg_store: Engine, pg_databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    """Cancelling from the UI still works under `custody worker` (it runs its own processes).
+
+    An archival waiting for approval is a running flow run; set to Cancelling through the API,
+    the worker stops its process, marks it Cancelled and runs the flow's own hook, which audits
+    ``data.archival.cancelled``. Nothing was archived or deleted.
+    """
+    deployed: DeployedProject = deployed_custody(request)
+    api = deployed.server.api_url
+    ehr = pg_databases.create("ehr")
+    make_lab_results(ehr, 50)
+    before = table_digests(ehr)
+    env = deployed.server.client_env(
+        **custody_env(
+            store_url=pg_store.url.render_as_string(hide_password=False),
+            connections={"ehr": ehr},
+        ),
+        CUSTODY_OBJECT_STORE_URL=(tmp_path / "objects").as_uri(),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+    )
+    policy = {"name": "lab_results", "table": "lab_results", "timestamp_column": "collected_at",
+              "cutoff": "2030-01-01"}  # fmt: skip
+    params = {"database": "ehr", "policies": [policy], "require_approval": True,
+              "job_id": "hardened-cancel"}  # fmt: skip
+    run_id = _create_run(api, deployed.deployment_ids()["archive-to-s3"], params)
+    log = tmp_path / "worker.log"
+    args = [sys.executable, "-m", "custody.cli", "worker", "--pool", "custody", "--limit", "2"]
+    with log.open("wb") as out:
+        worker = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 150
+        while api_call("GET", f"{api}/flow_runs/{run_id}").json()["state"]["type"] != "PAUSED":
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        response = api_call(
+            "POST",
+            f"{api}/flow_runs/{run_id}/set_state",
+            json={"state": {"type": "CANCELLING"}, "force": True},
+        )
+        assert response.status_code in (200, 201), response.text
+        state = _wait(api, [run_id], timeout=90)[run_id]
+        assert state["type"] == "CANCELLED", (state, log.read_text()[-3000:])
+        deadline = time.monotonic() + 60  # the hook runs once the process has stopped
+        while "data.archival.cancelled" not in (actions := _actions(pg_store, run_id)):
+            assert time.monotonic() < deadline, (actions, log.read_text()[-3000:])
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert table_digests(ehr) == before  # nothing archived, nothing deleted
