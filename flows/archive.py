@@ -22,8 +22,8 @@ from custody.archive.work import ArchiveRangeWork, ArchiveTarget
 from custody.audit import AuditStatus, DataClassification
 from custody.chunks import JobSpec
 from custody.prefect_glue import current_flow_run_id
-from custody.storage import LockMode, check_prefix, open_store
-from flows.params import CONNECTION, JOB_ID, SqlName
+from custody.storage import LockMode, check_destination, check_prefix, open_store
+from flows.params import CONNECTION, JOB_ID, SqlName, StoreName
 from tasks.approval import ApprovalRequest, await_approval
 from tasks.archive import (
     describe_archive_table,
@@ -120,9 +120,10 @@ class ArchiveParams(BaseModel):
         title="Retention policies",
         description="One per table: which rows are old enough, and how long the archive is kept.",
     )
-    destination: str | None = Field(
-        default=None, title="Object store",
-        description="s3://bucket/prefix or file:///dir; empty: CUSTODY_OBJECT_STORE_URL.",
+    destination: StoreName = Field(
+        default="default", title="Object store",
+        description="A configured store name: default is CUSTODY_OBJECT_STORE_URL, others "
+        "CUSTODY_OBJECT_STORES__<NAME>.",
     )  # fmt: skip
     prefix: str = Field(
         default="archive",
@@ -184,13 +185,6 @@ class ArchiveParams(BaseModel):
     def _plain_prefix(cls, value: str) -> str:
         return check_prefix(value)
 
-    @field_validator("destination")
-    @classmethod
-    def _known_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("s3://", "file:///")):
-            raise ValueError("destination must be s3://bucket[/prefix] or file:///absolute/dir")
-        return value
-
 
 @flow(
     name="archive-to-s3",
@@ -215,6 +209,7 @@ def archive_to_s3(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]
 
 def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
     """The archival itself (inside the flow run, under the database's limit)."""
+    check_destination(params.destination)  # before any query (issue 15 item 7)
     job_id = params.job_id or f"archive-{current_flow_run_id() or 'local'}"
     tables = tuple(p.table for p in params.policies)
     infos = [
@@ -342,9 +337,10 @@ class RestoreParams(BaseModel):
         title="Until (UTC, exclusive)",
         description="With a table: archives holding rows before this time.",
     )
-    source: str | None = Field(
-        default=None, title="Object store", description="Empty: CUSTODY_OBJECT_STORE_URL."
-    )
+    source: StoreName = Field(
+        default="default", title="Object store",
+        description="A configured store name: default is CUSTODY_OBJECT_STORE_URL.",
+    )  # fmt: skip
 
     @field_validator("archive_ids")
     @classmethod

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from custody.audit import AuditStatus
 from custody.prefect_glue import current_flow_run_id, publish_link, publish_table
 from custody.reports.model import ReportType
-from custody.storage import check_prefix, open_store
-from flows.params import check_timezone
+from custody.storage import check_destination, check_prefix, open_store
+from flows.params import StoreName, check_timezone
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.reports import generate_report
 
@@ -72,8 +72,11 @@ class ReportParams(BaseModel):
         title="Critical results: minutes allowed to acknowledge",
         description="A critical result acknowledged later than this counts as late.",
     )
-    destination: str | None = Field(
-        default=None, title="Object store", description="Empty: CUSTODY_OBJECT_STORE_URL."
+    destination: StoreName = Field(
+        default="default",
+        title="Object store",
+        description="A store configured on the worker: default is CUSTODY_OBJECT_STORE_URL, "
+        "others are CUSTODY_OBJECT_STORES__<NAME>.",
     )
     prefix: str = Field(
         default="reports",
@@ -148,6 +151,7 @@ def compliance_report(params: ReportParams) -> ReportRun | State[ReportRun]:
     Args:
         params: Regulation, report types, period and where the reports are stored.
     """
+    check_destination(params.destination)  # before any query: PHI goes only to a named store
     start, end = params.bounds()
     types = params.types()
     record_event(

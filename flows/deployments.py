@@ -9,6 +9,7 @@ queue, pull steps) is ignored here: ``serve`` runs each flow run in a subprocess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,20 @@ def serve_all(
     schedules_active: bool | None = None,
     limit: int | None = None,
 ) -> None:
-    """Serve the project's deployments from this process until interrupted."""
-    from prefect import serve
+    """Serve the project's deployments from this process until interrupted.
 
-    serve(*build_deployments(path, only, schedules_active), limit=limit)
+    The runner is custody's hardened one (flows/hardened.py): a run whose deployment was changed
+    through the API (pull steps, entrypoint, job variables) is refused and audited.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from flows.hardened import HardenedRunner
+
+    runner = HardenedRunner(pause_on_shutdown=True, limit=limit)
+    for deployment in build_deployments(path, only, schedules_active):
+        runner.add_deployment(deployment)
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())
 
 
 def _build(spec: DeploymentSpec, schedules_active: bool) -> RunnerDeployment:

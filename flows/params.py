@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+)
+from pydantic_core import CoreSchema
 
+from custody.errors import ConfigError
 from custody.identifiers import MAX_NAME_BYTES, check_name
+from custody.settings import get_settings
+from custody.storage import check_destination
 
 CONNECTION = r"^[a-z][a-z0-9_]{0,62}$"
 JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,100}$"
@@ -19,6 +30,40 @@ SqlName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_NAME_BYTES),
     AfterValidator(check_name),
+]
+
+
+def _configured_store(value: str) -> str:
+    try:
+        return check_destination(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _ConfiguredStoreChoices:
+    """Adds the configured store names as an ``enum`` when the schema is built (at deploy time).
+
+    The Prefect UI draws an enum as a drop-down, and the server refuses a run whose parameters
+    fall outside it, before any worker sees them.
+    """
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema.pop("pattern", None)
+        schema["enum"] = get_settings().store_names()
+        return schema
+
+
+# An object store chosen by name among those the site configured (CUSTODY_OBJECT_STORE_URL is
+# "default"; CUSTODY_OBJECT_STORES__<NAME> adds more). Never a URL, a path or a bucket: PHI
+# outputs go only where the site said they may (issue 15 item 7).
+StoreName = Annotated[
+    str,
+    StringConstraints(pattern=CONNECTION),
+    AfterValidator(_configured_store),
+    _ConfiguredStoreChoices(),
 ]
 
 

@@ -46,11 +46,11 @@ def generate_report(
     started = time.monotonic()
     report_id = new_report_id(datetime.now().astimezone())
     try:
+        store = open_store(destination)  # a store that cannot be opened stops us before the query
         report = build_report(
             rt.store, report_type, Period(start, end), keyring=rt.audit.keyring,
             request_id=request_id, timezone=timezone, required_minutes=required_minutes,
         )  # fmt: skip
-        store = open_store(destination)
         saved = save_report(report, store, prefix, report_id)
         try:
             record_report(rt.store, saved, report, regulation, rt.correlation_id)

@@ -25,8 +25,8 @@ from custody.chunks import BatchResult, JobSpec
 from custody.examples.export import ExportRangeWork
 from custody.identifiers import check_name
 from custody.prefect_glue import current_flow_run_id, publish_batch_result, publish_link
-from custody.storage import check_prefix, join_key
-from flows.params import CONNECTION, SqlName
+from custody.storage import check_destination, check_prefix, join_key
+from flows.params import CONNECTION, SqlName, StoreName
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.examples.export import prepare_export
@@ -56,8 +56,10 @@ class ExportTableParams(BaseModel):
         title="Columns left out",
         description="Direct identifiers that must not leave the database, e.g. patient_id.",
     )
-    destination: str | None = Field(
-        default=None, title="Object store", description="Empty: CUSTODY_OBJECT_STORE_URL."
+    destination: StoreName = Field(
+        default="default",
+        title="Object store",
+        description="A configured store name: default is CUSTODY_OBJECT_STORE_URL.",
     )
     prefix: str = Field(default="exports", title="Key prefix", max_length=200)
     chunk_size: int = Field(default=50_000, ge=1, le=1_000_000, title="Rows per chunk (object)")
@@ -94,7 +96,8 @@ def export_table(params: ExportTableParams) -> BatchResult | State[BatchResult]:
     title = f"export-{params.table}"
     prefix = join_key(params.prefix, job_id)
 
-    # Bad input stops here, before anything is written or audited.
+    # Bad input stops here, before anything is read, written or audited.
+    check_destination(params.destination)
     columns, location = prepare_export(
         params.source,
         params.table,

@@ -120,6 +120,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
+    worker = commands.add_parser(
+        "worker",
+        help="hardened worker: run only the installed flows, as the shipped prefect.yaml says",
+    )
+    worker.add_argument("--pool", default="custody", help="work pool (default: custody)")
+    worker.add_argument("--name", default=None, help="worker name (default: generated)")
+    worker.add_argument("--limit", type=int, default=None, help="flow runs at once")
+    worker.add_argument(
+        "--work-queue", action="append", default=None, help="poll only this queue (repeatable)"
+    )
+    worker.add_argument(
+        "--run-once", action="store_true", help="take the runs scheduled now, finish, exit"
+    )
+    worker.add_argument(
+        "--with-healthcheck", action="store_true", help="serve /health (PREFECT_WORKER_WEBSERVER_*)"
+    )
+    worker.set_defaults(handler=_worker)
+
     demo = commands.add_parser("demo", help="run everything end to end on embedded defaults")
     demo.add_argument(
         "--work-dir",
@@ -286,6 +304,22 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CustodyError(str(exc)) from None
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from custody.quiet_prefect import apply_prefect_defaults
+
+    apply_prefect_defaults()
+    # The composition root reaches the flows: the worker checks deployments against prefect.yaml.
+    from flows.hardened import HardenedWorker
+
+    worker = HardenedWorker(
+        work_pool_name=args.pool, work_queues=args.work_queue, name=args.name, limit=args.limit
+    )
+    asyncio.run(worker.start(run_once=args.run_once, with_healthcheck=args.with_healthcheck))
     return 0
 
 

@@ -19,6 +19,8 @@ from custody.errors import ConfigError
 
 _CONNECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MIN_HMAC_KEY_BYTES = 32
+DEFAULT_STORE = "default"
+"""Name flows use for CUSTODY_OBJECT_STORE_URL."""
 TaskRunnerKind = Literal["threads", "dask"]
 
 
@@ -48,7 +50,14 @@ class Settings(BaseSettings):
     )
     object_store_url: str | None = Field(
         default=None,
-        description="file:///path (default: <work_dir>/objects) or s3://bucket/prefix.",
+        description="file:///path (default: <work_dir>/objects) or s3://bucket/prefix. Flows "
+        "name it 'default'.",
+    )
+    object_stores: dict[str, str] = Field(
+        default_factory=dict,
+        description="More named object stores flows may write to or read from: "
+        "CUSTODY_OBJECT_STORES__<NAME>=s3://bucket/prefix or file:///absolute/dir. Flow "
+        "parameters choose among these names (and 'default'), never a URL.",
     )
     s3_endpoint_url: AnyUrl | None = Field(
         default=None, description="Endpoint of an S3-compatible server (SeaweedFS, MinIO, ...)."
@@ -128,6 +137,27 @@ class Settings(BaseSettings):
             return {str(k).lower(): v for k, v in value.items()}
         return value
 
+    @field_validator("object_stores", mode="before")
+    @classmethod
+    def _lower_store_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k).lower(): v for k, v in value.items()}
+        return value
+
+    @field_validator("object_stores")
+    @classmethod
+    def _check_stores(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if name == DEFAULT_STORE or not _CONNECTION_NAME.fullmatch(name):
+                raise ValueError(
+                    f"store name {name!r} is not valid: use lowercase letters, digits and "
+                    f"underscores, starting with a letter ({DEFAULT_STORE!r} is "
+                    "CUSTODY_OBJECT_STORE_URL)"
+                )
+            if not url.startswith(("s3://", "file:///")):
+                raise ValueError(f"store {name!r} must be s3://bucket[/prefix] or file:///dir")
+        return value
+
     @model_validator(mode="after")
     def _check_keys(self) -> Settings:
         for key_id, secret in self.hmac_keys.items():
@@ -151,6 +181,25 @@ class Settings(BaseSettings):
     def resolved_object_store_url(self) -> str:
         """Object store URL, defaulting to a directory in the work directory."""
         return self.object_store_url or (self.work_dir / "objects").resolve().as_uri()
+
+    def store_names(self) -> list[str]:
+        """The object stores flow parameters may name: ``default`` first, then the others."""
+        return [DEFAULT_STORE, *sorted(self.object_stores)]
+
+    def object_store_url_for(self, name: str) -> str:
+        """URL of the object store configured under ``name``.
+
+        Raises:
+            ConfigError: no store has that name (the message lists the names that exist).
+        """
+        if name == DEFAULT_STORE:
+            return self.resolved_object_store_url()
+        if name in self.object_stores:
+            return self.object_stores[name]
+        raise ConfigError(
+            f"object store {name!r} is not configured: choose one of "
+            f"{', '.join(self.store_names())} (CUSTODY_OBJECT_STORES__<NAME>)"
+        )
 
     def connection_url(self, name: str) -> str:
         """Resolve a named connection to its URL.

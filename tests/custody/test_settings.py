@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from custody.errors import ConfigError
@@ -54,3 +56,30 @@ def test_named_connections_resolve_and_secrets_stay_hidden(monkeypatch: pytest.M
 def test_bad_connection_names_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="not valid"):
         Settings().connection_url(name)
+
+
+def test_named_object_stores_resolve_and_bad_ones_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 7: flows name stores; the site maps names to URLs here, and only here."""
+    from custody.storage import check_destination, open_store
+
+    monkeypatch.setenv("CUSTODY_OBJECT_STORE_URL", (tmp_path / "main").as_uri())
+    monkeypatch.setenv("CUSTODY_OBJECT_STORES__OFFSITE", (tmp_path / "offsite").as_uri())
+    settings = get_settings()
+    assert settings.store_names() == ["default", "offsite"]
+    assert open_store("offsite").location("x") == open_store(
+        (tmp_path / "offsite").as_uri()
+    ).location("x")
+    assert check_destination("default") == "default"
+    for bad in ("elsewhere", "file:///tmp", "../x"):
+        with pytest.raises(ConfigError, match="object store"):
+            check_destination(bad)
+    for name, url in (("OFFSITE", "ftp://host/x"), ("DEFAULT", (tmp_path / "d").as_uri()),
+                      ("BAD-NAME", (tmp_path / "d").as_uri())):  # fmt: skip
+        monkeypatch.delenv("CUSTODY_OBJECT_STORES__OFFSITE", raising=False)
+        monkeypatch.setenv(f"CUSTODY_OBJECT_STORES__{name}", url)
+        get_settings.cache_clear()
+        with pytest.raises(ConfigError, match="CUSTODY_OBJECT_STORES"):
+            get_settings()
+        monkeypatch.delenv(f"CUSTODY_OBJECT_STORES__{name}")

@@ -157,6 +157,8 @@ BAD_RUNS = [
     ("migrate-tables", {"source": "legacy", "target": "new", "chunk_size": 0}, "chunk_size"),
     ("copy-table", {"source": "legacy", "target": "warehouse"}, "table"),
     ("compliance-report", {"period": "yesterday"}, "params.period"),
+    # Issue 15 item 7: a store is a configured name, never a URL the caller chooses.
+    ("compliance-report", {"destination": "ftp://attacker.example/x"}, "params.destination"),
     ("audit-maintenance", {"months_ahead": 100}, "params.months_ahead"),
     ("replay-dead-letters", {"max_letters": "all"}, "params.max_letters"),
     ("anchor-audit-chain", {"object_lock": "off"}, "params.object_lock"),

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 COMPOSE = INFRA / "compose"
 K8S = INFRA / "k8s"
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|HMAC_KEYS|DATABASE_URL|CONNECTIONS__", re.I)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|HMAC_KEYS|DATABASE_URL|CONNECTIONS__|AUTH_STRING", re.I)
 PLACEHOLDER = re.compile(r"change-me")
 
 
@@ -110,7 +110,7 @@ def test_dockerfile_pins_its_base_installs_the_constraints_and_drops_root() -> N
     assert user and user[-1].split(":")[0] not in ("0", "root")
     for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
-    assert "prefect" in text.splitlines()[-1] and "worker" in text.splitlines()[-1]
+    assert '"custody", "worker"' in text.splitlines()[-1]  # the hardened worker (issue 15 item 1)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,21 @@ def test_kustomization_lists_every_manifest(k8s: dict[str, dict[str, Any]]) -> N
             "image"
         ].split(":")[0]
     )
+
+
+def test_issue_15_item_1_the_api_needs_a_password_and_workers_are_hardened(
+    compose: dict[str, Any], k8s: dict[str, dict[str, Any]]
+) -> None:
+    """Issue 15 item 1: the shipped server asks for auth; the shipped workers are `custody worker`.
+
+    Every client of the API (setup, worker) carries the same auth string the server requires.
+    """
+    services = compose["services"]
+    server = services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert server.startswith("${PREFECT_API_AUTH_STRING:?")
+    for name in ("custody-init", "worker"):
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"] == server, name
+    assert services["worker"]["command"][:2] == ["custody", "worker"]
+    (container,) = k8s["Deployment/custody-worker"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["custody", "worker"]
+    assert re.search(r"^PREFECT_API_AUTH_STRING=", (K8S / "secret.env.example").read_text(), re.M)

@@ -116,6 +116,18 @@ def _pipeline(action: str, status: AuditStatus, when: dt.datetime, n: int) -> Au
     )
 
 
+def _critical(result_id: str, when: dt.datetime, action: str) -> AuditEvent:
+    return AuditEvent(
+        occurred_at=when,
+        principal="lab-feed" if action.endswith("detected") else "rn01",
+        action=action,
+        resource_type="lab_result",
+        resource_id=result_id,
+        regulation="CLIA",
+        data_classification=DataClassification.PHI,
+    )
+
+
 def plant(engine: Engine, keyring: Keyring) -> Planted:
     """Write the planted events and criticals; returns the expected figures."""
     if engine.dialect.name == "postgresql":
@@ -220,6 +232,32 @@ def plant(engine: Engine, keyring: Keyring) -> Planted:
         )
     )
 
+    # Critical results: a detected event each (the row's audit_seq) and an acknowledged event at
+    # the row's acknowledgement, as the ingest and the acknowledging application write them.
+    detected = dt.datetime(2026, 10, 6, 8, tzinfo=UTC)
+    criticals = [
+        ("R-ok-5", 5),
+        ("R-ok-10", 10),
+        ("R-ok-20", 20),
+        ("R-ok-45", 45),
+        ("R-ok-60", 60),
+        ("R-late-75", 75),
+        ("R-late-200", 200),
+        ("R-unack", None),
+    ]
+    september = dt.datetime(2026, 9, 20, tzinfo=UTC)
+    schedule = [
+        (result_id, detected + dt.timedelta(days=n), minutes)
+        for n, (result_id, minutes) in enumerate(criticals)
+    ] + [("R-september", september, 500)]
+    detections: dict[str, AuditEvent] = {}
+    for result_id, at, minutes in schedule:
+        detections[result_id] = _critical(result_id, at, "lab.critical_result.detected")
+        events.append(detections[result_id])
+        if minutes is not None:
+            ack_at = at + dt.timedelta(minutes=minutes)
+            events.append(_critical(result_id, ack_at, "lab.critical_result.acknowledged"))
+
     # Events go in in time order, as a live system would write them.
     events.sort(key=lambda e: e.occurred_at)
     result = AuditLog(engine, keyring).log_batch(events)
@@ -236,44 +274,21 @@ def plant(engine: Engine, keyring: Keyring) -> Planted:
         if event is emergency:
             planted.emergency_seq = result.first_seq + offset
 
+    seqs = {id(event): result.first_seq + offset for offset, event in enumerate(events)}
     base = {"rule_set": "default", "loinc_code": "2823-3", "direction": "high"}
-    detected = dt.datetime(2026, 10, 6, 8, tzinfo=UTC)
-    criticals = [
-        ("R-ok-5", 5),
-        ("R-ok-10", 10),
-        ("R-ok-20", 20),
-        ("R-ok-45", 45),
-        ("R-ok-60", 60),
-        ("R-late-75", 75),
-        ("R-late-200", 200),
-        ("R-unack", None),
-    ]
-    rows = []
-    for n, (result_id, minutes) in enumerate(criticals):
-        at = detected + dt.timedelta(days=n)
-        rows.append(
-            {
-                **base,
-                "result_id": result_id,
-                "analyte": "Potassium",
-                "limit_value": Decimal("6.2"),
-                "detected_at": at,
-                "acknowledged_at": None if minutes is None else at + dt.timedelta(minutes=minutes),
-                "acknowledged_by": None if minutes is None else "rn01",
-            }
-        )
-    september = dt.datetime(2026, 9, 20, tzinfo=UTC)
-    rows.append(
+    rows = [
         {
             **base,
-            "result_id": "R-september",
+            "result_id": result_id,
             "analyte": "Potassium",
             "limit_value": Decimal("6.2"),
-            "detected_at": september,
-            "acknowledged_at": september + dt.timedelta(minutes=500),
-            "acknowledged_by": "rn01",
+            "audit_seq": seqs[id(detections[result_id])],
+            "detected_at": at,
+            "acknowledged_at": None if minutes is None else at + dt.timedelta(minutes=minutes),
+            "acknowledged_by": None if minutes is None else "rn01",
         }
-    )
+        for result_id, at, minutes in schedule
+    ]
     with engine.begin() as connection:
         connection.execute(insert(critical_results), rows)
     return planted

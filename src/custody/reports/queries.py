@@ -525,6 +525,13 @@ def critical_timeliness_report(
 
     Elapsed time is computed exactly (integer microseconds on SQLite, numeric epochs on
     PostgreSQL), so a result acknowledged at exactly ``required_minutes`` counts as on time.
+
+    The times come from ``critical_results``, a table pipelines and applications write. So each
+    row is checked against the signed audit trail: its ``lab.critical_result.detected`` event
+    (``audit_seq``) and the first ``lab.critical_result.acknowledged`` event for its result. A
+    row whose times disagree with its events (a ``detected_at`` moved to turn a late
+    notification into an on-time one, an acknowledgement nobody audited) is named in the
+    table's ``audit`` column and as a finding (issue 15 item 6).
     """
     if required_minutes <= 0:
         raise ValueError("required_minutes must be positive")
@@ -564,13 +571,24 @@ def critical_timeliness_report(
         us = row.us
         minutes = None if us is None else round(float(us) / _US_PER_MINUTE, 2)
         on_time = us is not None and us <= limit_us
-        return (row.result_id, row.analyte, row.detected_at, row.acknowledged_at, minutes, on_time)
+        return (
+            row.result_id, row.analyte, row.detected_at, row.acknowledged_at, minutes, on_time,
+            _audit_disagreement(row) or "agrees",
+        )  # fmt: skip
 
-    rows = (
-        select(cr.result_id, cr.analyte, cr.detected_at, cr.acknowledged_at, elapsed.label("us"))
-        .where(detected)
-        .order_by(cr.detected_at, cr.id)
-    )
+    rows = _timeliness_rows(period, elapsed, detected)
+    disagreements: list[tuple[str, str]] = []
+
+    def check(row: AnyRow) -> tuple[object, ...]:
+        if problem := _audit_disagreement(row):
+            disagreements.append((row.result_id, problem))
+        return ()
+
+    for _ in _streamed(engine, rows, check)():
+        pass
+    findings = [f"critical result {rid}: {problem}" for rid, problem in disagreements[:20]]
+    if len(disagreements) > 20:
+        findings.append(f"... and {len(disagreements) - 20} more (see column 'audit')")
     total, acknowledged, on_time, late, unacknowledged = (_as_int(v) for v in totals)
     return Report(
         ReportType.CRITICAL_TIMELINESS,
@@ -585,14 +603,26 @@ def critical_timeliness_report(
             "late": late,
             "unacknowledged": unacknowledged,
             "percent_on_time": round(100 * on_time / total, 1) if total else None,
+            "audit_disagreements": len(disagreements),
         },
+        findings=findings,
         tables=[
             ReportTable(
                 "notifications",
                 "Critical results and their acknowledgement",
-                ["result_id", "analyte", "detected_at", "acknowledged_at", "minutes", "on_time"],
+                [
+                    "result_id",
+                    "analyte",
+                    "detected_at",
+                    "acknowledged_at",
+                    "minutes",
+                    "on_time",
+                    "audit",
+                ],
                 _streamed(engine, rows, notification),
-                note=f"On time: acknowledged within {required_minutes} minutes of detection.",
+                note=f"On time: acknowledged within {required_minutes} minutes of detection. "
+                "Audit: whether the row's times agree with its detected and acknowledged audit "
+                "events.",
             )
         ],
         charts=[
@@ -605,6 +635,82 @@ def critical_timeliness_report(
             )
         ],
     )
+
+
+DETECTED_ACTION = "lab.critical_result.detected"
+ACKNOWLEDGED_ACTION = "lab.critical_result.acknowledged"
+"""The audit events a critical result's row is checked against: the ingest writes the first
+(its seq is the row's ``audit_seq``); whoever acknowledges writes the second, same transaction."""
+
+DETECTION_LAG = dt.timedelta(minutes=5)
+"""The row is written when its file lands, after the detected event was written and announced
+at once: ``detected_at`` may trail the event by this much, never precede it."""
+
+ACK_TOLERANCE = dt.timedelta(seconds=1)
+"""The acknowledgement and its event are written together with the same time."""
+
+
+def _timeliness_rows(
+    period: Period, elapsed: ColumnElement[Any], detected: ColumnElement[bool]
+) -> AnySelect:
+    """Each critical result with its detected event and the first acknowledgement event."""
+    cr = critical_results.c
+    det = audit_log.alias("det")
+    ack = audit_log.alias("ack")
+    first_ack = (
+        select(func.min(ack.c.occurred_at))
+        .where(
+            ack.c.action == ACKNOWLEDGED_ACTION,
+            ack.c.resource_id == cr.result_id,
+            ack.c.occurred_at >= period.start,
+            ack.c.occurred_at >= func.coalesce(det.c.occurred_at, cr.detected_at),
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(
+            cr.result_id,
+            cr.analyte,
+            cr.detected_at,
+            cr.acknowledged_at,
+            elapsed.label("us"),
+            det.c.occurred_at.label("detected_event_at"),
+            det.c.action.label("detected_action"),
+            det.c.resource_id.label("detected_resource"),
+            first_ack.label("ack_event_at"),
+        )
+        .select_from(
+            critical_results.outerjoin(
+                det, and_(det.c.seq == cr.audit_seq, det.c.occurred_at <= period.end)
+            )
+        )
+        .where(detected)
+        .order_by(cr.detected_at, cr.id)
+    )
+
+
+def _audit_disagreement(row: AnyRow) -> str:
+    """What is wrong between a critical result's times and its audit events ('' if nothing)."""
+    problems = []
+    event_at = row.detected_event_at
+    if (
+        event_at is None
+        or row.detected_action != DETECTED_ACTION
+        or row.detected_resource != row.result_id
+    ):
+        problems.append("no detected audit event for this result")
+    elif not event_at - ACK_TOLERANCE <= row.detected_at <= event_at + DETECTION_LAG:
+        shift = (row.detected_at - event_at).total_seconds() / 60
+        problems.append(f"detected_at is {shift:+.1f} min from its detected audit event")
+    ack_at, acknowledged = row.ack_event_at, row.acknowledged_at
+    if acknowledged is not None and ack_at is None:
+        problems.append("acknowledged_at has no acknowledged audit event")
+    elif acknowledged is None and ack_at is not None:
+        problems.append("an acknowledged audit event exists but acknowledged_at is empty")
+    elif acknowledged is not None and abs(acknowledged - ack_at) > ACK_TOLERANCE:
+        shift = (acknowledged - ack_at).total_seconds() / 60
+        problems.append(f"acknowledged_at is {shift:+.1f} min from its acknowledged audit event")
+    return "; ".join(problems)
 
 
 # ----------------------------------------------------------------------------- Pipeline activity

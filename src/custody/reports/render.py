@@ -26,7 +26,7 @@ from typing import BinaryIO, TextIO
 
 from custody.reports.model import Chart, Report, ReportTable
 
-__all__ = ["CSP", "render", "write_csv", "write_html"]
+__all__ = ["CSP", "FORMULA_TRIGGERS", "neutralise_formula", "render", "write_csv", "write_html"]
 
 #: The page may use its own inline styles and ``data:`` images (the favicon) and nothing else: no
 #: scripts, no fetches, no frames, no external anything.
@@ -106,6 +106,13 @@ def write_csv(report: Report, out: BinaryIO) -> None:
     everything else is ``str(value)``. The file is UTF-8 (no BOM) with RFC 4180 quoting and CRLF
     record ends.
 
+    Text is neutralised against formula injection the way OWASP recommends: a field that is not
+    a number and starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
+    single quote in front (``'=HYPERLINK(...)``), so a spreadsheet shows it as text and the
+    original stays visible after the quote. Principals, workstations, break-the-glass reasons
+    and disclosure texts come from applications and must never run when an auditor opens the
+    file (issue 15 item 4). Numbers (negative ones included) are written as they are.
+
     Args:
         report: The report whose tables to write.
         out: A binary stream to write to; it is flushed, not closed.
@@ -117,9 +124,24 @@ def write_csv(report: Report, out: BinaryIO) -> None:
     with _text(out) as text:
         writer = csv.writer(text, lineterminator="\r\n")
         for table in report.tables:
-            writer.writerow([table.name, *table.columns])
+            writer.writerow([table.name, *map(neutralise_formula, table.columns)])
             for row in _checked_rows(table):
-                writer.writerow([table.name, *(_csv_value(v) for v in row)])
+                writer.writerow([table.name, *(_csv_cell(v) for v in row)])
+
+
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet treat a cell as a formula (OWASP, CSV injection)."""
+
+
+def neutralise_formula(text: str) -> str:
+    """``text`` with a leading single quote if a spreadsheet would run it as a formula."""
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def _csv_cell(value: object) -> str:
+    if _is_number(value) or isinstance(value, bool):
+        return _csv_value(value)  # a number is data, never a formula, even when negative
+    return neutralise_formula(_csv_value(value))
 
 
 def _csv_value(value: object) -> str:

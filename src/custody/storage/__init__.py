@@ -9,7 +9,7 @@ from custody.storage.base import (
     StorageError,
     sha256_hex,
 )
-from custody.storage.factory import open_store
+from custody.storage.factory import check_destination, open_store
 from custody.storage.keys import check_key_part, check_prefix, join_key
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ObjectStore",
     "Retention",
     "StorageError",
+    "check_destination",
     "check_key_part",
     "check_prefix",
     "join_key",

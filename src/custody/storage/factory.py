@@ -1,8 +1,14 @@
-"""Open the configured object store: ``file:///dir`` or ``s3://bucket/prefix``."""
+"""Open an object store: by configured name (what flows pass), or by URL (operators' tools).
+
+Flow parameters name a store (``default`` or a ``CUSTODY_OBJECT_STORES__<NAME>``); the name is
+resolved here, inside the worker. A parameter can therefore only choose among stores the site
+configured, never send PHI to a directory, an FTP server or a bucket of its own choosing.
+"""
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -13,14 +19,38 @@ from custody.storage.keys import check_prefix
 from custody.storage.local import LocalStore
 from custody.storage.s3 import S3Store
 
+_STORE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
-def open_store(url: str | None = None, settings: Settings | None = None) -> ObjectStore:
-    """The store at ``url`` (default: CUSTODY_OBJECT_STORE_URL or <work_dir>/objects).
+
+def check_destination(name: str, settings: Settings | None = None) -> str:
+    """``name`` if it names a configured object store; call it before any query runs.
 
     Raises:
-        ConfigError: the URL's scheme is unknown or its prefix is not plain segments.
+        ConfigError: ``name`` is not a store name (a URL, a path) or names no configured store.
     """
     settings = settings or get_settings()
+    if not _STORE_NAME.fullmatch(name):
+        raise ConfigError(
+            "object store must be a configured store name "
+            f"({', '.join(settings.store_names())}), not a URL or path"
+        )
+    settings.object_store_url_for(name)
+    return name
+
+
+def open_store(url: str | None = None, settings: Settings | None = None) -> ObjectStore:
+    """The store named or located by ``url`` (default: CUSTODY_OBJECT_STORE_URL).
+
+    ``url`` is either a configured store name (``default``, or a key of
+    CUSTODY_OBJECT_STORES) or, for operators' tools and tests, a ``file://``/``s3://`` URL.
+
+    Raises:
+        ConfigError: the name is not configured, the URL's scheme is unknown or its prefix is
+            not plain segments.
+    """
+    settings = settings or get_settings()
+    if url is not None and _STORE_NAME.fullmatch(url):
+        url = settings.object_store_url_for(url)
     parsed = urlparse(url or settings.resolved_object_store_url())
     if parsed.scheme == "file":
         return LocalStore(Path(unquote(parsed.path)))

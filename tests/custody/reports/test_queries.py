@@ -148,7 +148,9 @@ def test_critical_timeliness(store: Engine, planted: Planted) -> None:
         "late": 2,
         "unacknowledged": 1,
         "percent_on_time": 62.5,
+        "audit_disagreements": 0,
     }
+    assert report.findings == []  # every row agrees with its audit events
     notes = {r[0]: r for r in rows(report, "notifications")}
     assert list(notes) == [
         "R-ok-5",
@@ -164,9 +166,9 @@ def test_critical_timeliness(store: Engine, planted: Planted) -> None:
         "R-late-75",
         "R-late-200",
     ]
-    assert notes["R-ok-60"][4:] == (60.0, True)  # exactly on the limit is on time
-    assert notes["R-late-200"][4:] == (200.0, False)
-    assert notes["R-unack"][3:] == (None, None, False)
+    assert notes["R-ok-60"][4:] == (60.0, True, "agrees")  # exactly on the limit is on time
+    assert notes["R-late-200"][4:] == (200.0, False, "agrees")
+    assert notes["R-unack"][3:] == (None, None, False, "agrees")
     (chart,) = report.charts
     assert chart.points == [
         ("0-15", 2.0),

@@ -163,6 +163,8 @@ def as_csv_text(value: object) -> str:
         return ""
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value  # formula neutralised, original kept (issue 15 item 4)
     return str(value)
 
 

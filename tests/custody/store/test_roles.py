@@ -330,3 +330,73 @@ def test_the_flows_run_as_ingest_and_the_chain_verifies_as_reporting(
     monkeypatch.setenv("CUSTODY_DATABASE_URL", granted.reporting_url)
     reset_settings_cache()
     assert main(["audit", "verify"]) == 0  # an auditor's read-only connection is enough
+
+
+def test_issue_15_item_6_a_moved_detected_at_is_refused_or_reported(
+    granted: RoleStore, pg_admin_url: str
+) -> None:
+    """Issue 15 item 6: a 180-minute-late notification cannot be made to look on time unseen.
+
+    Written the way production writes it, as the ingest role: the detected event and the row
+    (its ``audit_seq``), then the acknowledgement 180 minutes later with its event. The attack:
+    move ``detected_at`` 150 minutes later. As ingest it is refused by privilege (ingest may
+    update only the acknowledgement columns, which it still can). Done by a superuser, the row
+    moves, and the CLIA report names the result as disagreeing with its audit events.
+    """
+    from custody.audit import AuditEvent, DataClassification
+    from custody.labs.tables import critical_results
+
+    ingest = granted.ingest()
+    detected_at = dt.datetime(2026, 6, 10, 8, 0, tzinfo=dt.UTC)
+    acknowledged_at = detected_at + dt.timedelta(minutes=180)
+    result_id = f"R-ITEM6-{uuid.uuid4().hex[:8]}"
+    period = Period(dt.datetime(2026, 6, 1, tzinfo=dt.UTC), dt.datetime(2026, 7, 1, tzinfo=dt.UTC))
+    ensure_partitions(ingest, dt.date(2026, 6, 1), 1)
+    audit = AuditLog(ingest, KEYRING)
+
+    def event(action: str, at: dt.datetime) -> AuditEvent:
+        return AuditEvent(occurred_at=at, principal="lab-feed", action=action,
+                          resource_type="lab_result", resource_id=result_id, regulation="CLIA",
+                          data_classification=DataClassification.PHI)  # fmt: skip
+
+    seq = audit.log(event("lab.critical_result.detected", detected_at)).last_seq
+    with ingest.begin() as conn:
+        conn.execute(
+            critical_results.insert().values(
+                result_id=result_id, rule_set="default", analyte="Potassium",
+                loinc_code="2823-3", direction="high", limit_value=6.2, audit_seq=seq,
+                detected_at=detected_at,
+            )
+        )  # fmt: skip
+    audit.log(event("lab.critical_result.acknowledged", acknowledged_at))
+    with ingest.begin() as conn:  # the acknowledgement columns stay writable for ingest
+        conn.execute(
+            critical_results.update()
+            .where(critical_results.c.result_id == result_id)
+            .values(acknowledged_at=acknowledged_at, acknowledged_by="rn01")
+        )
+
+    def report() -> tuple[dict[str, object], list[str], tuple[object, ...]]:
+        built = build_report(granted.reporting(), ReportType.CRITICAL_TIMELINESS, period)
+        (row,) = [r for r in built.tables[0].rows() if r[0] == result_id]
+        return built.summary, built.findings, row
+
+    summary, findings, row = report()
+    assert (summary["late"], summary["on_time"], summary["audit_disagreements"]) == (1, 0, 0)
+    assert findings == [] and row[4:] == (180.0, False, "agrees")
+
+    move = "UPDATE critical_results SET detected_at = detected_at + interval '150 minutes'"
+    _refused(granted.ingest_url, move)
+    _refused(granted.ingest_url, "UPDATE critical_results SET audit_seq = NULL")
+    assert report()[2][4:] == (180.0, False, "agrees")  # nothing moved
+
+    database = make_url(granted.owner_url).database
+    superuser = make_url(pg_admin_url).set(database=database).render_as_string(hide_password=False)
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        admin.execute(f"{move} WHERE result_id = %s", (result_id,))
+    summary, findings, row = report()
+    assert (summary["late"], summary["on_time"]) == (0, 1)  # the numbers were fooled ...
+    assert summary["audit_disagreements"] == 1  # ... the cross-check was not
+    assert row[4:6] == (30.0, True)
+    assert row[6] == "detected_at is +150.0 min from its detected audit event"
+    assert findings == [f"critical result {result_id}: {row[6]}"]
