@@ -12,6 +12,8 @@ from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
+from custody.identifiers import safe_id
+from custody.migration.names import table_job_id
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
 from custody.quality import preload as preload_quality_checks
@@ -125,7 +127,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
     for info in infos:
         started = time.monotonic()
         spec = JobSpec(
-            job_id=f"{job_id}.{info.name}",
+            job_id=table_job_id(job_id, info.name),
             kind="migration",
             subject=f"{params.source}->{params.target}.{params.schema_name}.{info.name}",
             key_column=info.key_column or "-",
@@ -141,7 +143,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
             work,
             max_concurrency=params.max_concurrency,
             continue_on_error=params.continue_on_error,
-            title=f"migrate-{info.name}",
+            title=f"migrate-{safe_id(info.name)}",
         )
         results.append(
             TableResult.from_batch(

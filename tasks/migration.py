@@ -21,6 +21,7 @@ from custody.migration.schema import (
     copy_schema_section,
     drop_load_indexes,
     existing_tables,
+    schema_exists,
     sync_sequences,
 )
 from custody.quality import QualityResult, check_table
@@ -62,12 +63,16 @@ def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[
     rt = runtime()
     engine = rt.engine(source)
     postgres = is_postgres(engine)
+    if postgres and not schema_exists(engine, schema):
+        raise MigrationRefusedError(f"schema {schema!r} does not exist in the source")
     available = list_tables(engine, schema) if postgres else list_tables_generic(engine)
     wanted = tables or available
     for name in wanted:
         check_name(name, "table name")
         if name not in available:
-            raise MigrationRefusedError(f"table {name!r} is not a table of the source schema")
+            raise MigrationRefusedError(
+                f"table {name!r} is not a table of the source schema {schema!r}"
+            )
     if postgres:
         return [describe_table(engine, schema, name) for name in wanted]
     return [describe_table_generic(engine, name) for name in wanted]

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from custody.errors import CustodyError
 from custody.identifiers import check_name, quote_pg
+from custody.migration.names import dump_pattern
 from custody.pgclient import client_tool, libpq_env
 
 
@@ -33,13 +34,13 @@ def copy_schema_section(source: Engine, target: Engine, schema: str, section: st
     # Fixed argv (no shell); the only variable part is a checked schema name.
     dump = subprocess.run(  # noqa: S603
         [client_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner",
-         "--no-privileges", f"--schema={schema}"],
+         "--no-privileges", f"--schema={dump_pattern(schema)}"],
         env=libpq_env(source.url), capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     if dump.returncode != 0:
         raise SchemaCopyError(f"pg_dump failed: {dump.stderr.decode(errors='replace')[-2000:]}")
     script = dump.stdout
-    if section == "pre-data" and _schema_exists(target, schema):
+    if section == "pre-data" and schema_exists(target, schema):
         # The target already has the schema (always so for public): keep everything else.
         script = b"".join(
             line
@@ -58,9 +59,12 @@ def copy_schema_section(source: Engine, target: Engine, schema: str, section: st
         raise SchemaCopyError(f"psql failed: {restore.stderr.decode(errors='replace')[-2000:]}")
 
 
-def _schema_exists(engine: Engine, schema: str) -> bool:
+def schema_exists(engine: Engine, schema: str) -> bool:
+    """Whether the database has a schema of exactly this name."""
     with engine.connect() as c:
-        found = c.execute(text("SELECT to_regnamespace(:s)"), {"s": schema}).scalar()
+        found = c.execute(
+            text("SELECT oid FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+        ).scalar()
     return found is not None
 
 
