@@ -12,6 +12,7 @@ from custody.db import get_engine
 from custody.migration.catalog import describe_table
 from tests.support.env import set_custody_env
 from tests.support.pagila import table_digests
+from tests.support.pgcompare import differences, mutate_one, reverify
 from tests.support.tables import make_items
 
 
@@ -46,3 +47,32 @@ def test_a_range_lands_verified_with_or_without_psql(
     assert (first.target_count, rest.target_count, again.target_count) == (2_000, 3_000, 3_000)
     assert rest.target_hash == again.target_hash != first.target_hash
     assert table_digests(src) == table_digests(dst)  # the retry replaced its range, no duplicates
+
+
+def test_a_changed_target_value_is_reported_by_reverification(
+    pg_store: Engine,
+    pg_databases,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src, dst = pg_databases.create("src"), pg_databases.create("dst")
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"src": src, "dst": dst},
+    )
+    make_items(get_engine(src), 300)
+    with psycopg.connect(dst, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE items (id bigint, label text NOT NULL, amount numeric(12,2), "
+            "at timestamptz, payload bytea)"
+        )
+    info = describe_table(get_engine(src), "public", "items")
+    assert pgcopy.PgRangeCopy("src", "dst", info)(
+        Chunk(job_id="j", chunk_no=0, lower=None, upper=None, attempt=1)
+    ).verified
+    assert differences(src, dst) == []
+    assert reverify("src", "dst", "public", "items") == []
+
+    mutate_one(dst, "public", "items", "payload")
+    assert differences(src, dst) == ["items: rows differ", "items.payload: values differ"]
+    assert reverify("src", "dst", "public", "items") == [0]
