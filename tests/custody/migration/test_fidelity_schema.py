@@ -11,13 +11,11 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
+from custody.migration.names import table_job_id
 from flows.migrate import MigrateParams, migrate_tables
 from tests.support.env import set_custody_env
-from tests.support.pgcompare_schema import (
-    assert_chunk_mutation_detected,
-    relation_digests,
-    schema_ddl,
-)
+from tests.support.pgcompare import differences, mutate_one, reverify
+from tests.support.pgcompare_schema import schema_ddl
 from tests.support.postgres import DatabaseFactory
 
 LONG = "l" * 63  # the longest name PostgreSQL keeps
@@ -49,6 +47,16 @@ def migrate(**kwargs: object):  # type: ignore[no-untyped-def]
     params = MigrateParams(source="src", target="dst", chunk_size=3, **kwargs)  # type: ignore[arg-type]
     state = migrate_tables(params, return_state=True)
     return state, state.result(raise_on_failure=False)
+
+
+def assert_mutation_found(
+    dst: str, store: Engine, job_id: str, schema: str, table: str, column: str
+) -> None:
+    """Every chunk verifies; one changed target value makes exactly one chunk mismatch."""
+    job = table_job_id(job_id, table)
+    assert reverify("src", "dst", schema, table, store=store, job_id=job) == []
+    mutate_one(dst, schema, table, column)
+    assert len(reverify("src", "dst", schema, table, store=store, job_id=job)) == 1
 
 
 NAMES = [
@@ -97,8 +105,6 @@ def test_any_legal_name_migrates_and_keeps_its_real_name(
     assert result.status == "success", result.model_dump_json()
     assert sorted(t.table for t in result.tables) == sorted(NAMES)
     assert len({t.job_id for t in result.tables}) == len(NAMES)
-    assert relation_digests(src, schema) == relation_digests(dst, schema)
+    assert differences(src, dst, schema) == []
     assert schema_ddl(src, schema) == schema_ddl(dst, schema)
-    assert_chunk_mutation_detected(
-        src, dst, pg_store, "names-1", schema, "Clinic Data", "\"Value Col\" = 'changed'"
-    )
+    assert_mutation_found(dst, pg_store, "names-1", schema, "Clinic Data", "Value Col")
