@@ -44,8 +44,9 @@ def key_range(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -
 
 def select_columns(info: TableInfo, where: sql.Composable) -> sql.Composed:
     """The table's columns in order, for the rows ``where`` selects."""
-    return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
+    return sql.SQL("SELECT {cols} FROM {only}{table} WHERE {where}").format(
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in info.columns),
+        only=sql.SQL("ONLY " if info.has_children else ""),
         table=sql.Identifier(info.schema, info.name),
         where=where,
     )
@@ -188,8 +189,10 @@ class PgRangeCopy:
             with src.cursor() as rc, dst.cursor() as wc:
                 if chunk.attempt > 1 or self.replace_existing:
                     wc.execute(
-                        sql.SQL("DELETE FROM {t} WHERE {w}").format(
-                            t=sql.Identifier(self.info.schema, self.info.name), w=where
+                        sql.SQL("DELETE FROM {only}{t} WHERE {w}").format(
+                            only=sql.SQL("ONLY " if self.info.has_children else ""),
+                            t=sql.Identifier(self.info.schema, self.info.name),
+                            w=where,
                         )
                     )
                 copy_in = sql.SQL("COPY {t} ({cols}) FROM STDIN {fmt}").format(

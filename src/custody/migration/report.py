@@ -47,6 +47,9 @@ class MigrationResult(BaseModel):
     job_id: str
     tables: list[TableResult] = Field(default_factory=list)
     schema_steps: dict[str, int] = Field(default_factory=dict)
+    # What was deliberately not migrated, and why (foreign keys to tables not asked for, views
+    # reading them, roles the target lacks): names only, never values.
+    notes: list[str] = Field(default_factory=list)
     planned: bool = False
 
     @property
@@ -126,4 +129,6 @@ def publish_result(result: MigrationResult) -> None:
                   "", "Full errors: `job_chunks` ledger and `dead_letters`."]  # fmt: skip
     if quality:
         lines += ["", "## Failed quality checks", "", *[f"- {q}" for q in quality]]
+    if result.notes:
+        lines += ["", "## Not migrated", "", *[f"- {n}" for n in result.notes]]
     publish_markdown(f"migration-report-{result.job_id}", "\n".join(lines))
