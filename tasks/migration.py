@@ -175,7 +175,7 @@ def _prepare_postgres_tables(
         )
     if not create_schema:
         return "existing"
-    _refuse_missing_extensions(dst, scope)
+    refuse_missing_extensions(dst, scope)
     missing = missing_on_target(src, dst, scope.pre_data)
     if present:  # defaults belong to tables the migration creates, not to a user's own
         missing = {o for o in missing if o[0] != PG_ATTRDEF}
@@ -186,7 +186,7 @@ def _prepare_postgres_tables(
         script = _setup_sql(dst, scope) + restore_script(
             Path(tmp) / "schema.dump", select_entries(toc, missing, scope.pre_tags), "pre-data"
         )
-        statements = comment_statements(src, missing)
+        statements = comment_statements(src, missing | (set() if present else scope.checks))
         if grants:
             relations = {oid for classid, oid in missing if classid == PG_CLASS}
             statements += grant_statements(src, dst, relations)[0]
@@ -195,7 +195,7 @@ def _prepare_postgres_tables(
     return "existing" if present else "created"
 
 
-def _refuse_missing_extensions(dst: Engine, scope: SchemaScope) -> None:
+def refuse_missing_extensions(dst: Engine, scope: SchemaScope) -> None:
     """Every extension the tables' types or defaults need is installed or installable."""
     with dst.connect() as c:
         installed = set(c.execute(text("SELECT extname FROM pg_extension")).scalars())
@@ -243,7 +243,13 @@ def plan_migration(
         if info.key_column is None:
             return [(None, None)]  # no usable key: one verified chunk, streamed
         table = reflect_table(src, info.name, info.schema or None)
-        return plan_key_ranges(src, table, info.key_column, spec.chunk_size)
+        planned = plan_key_ranges(src, table, info.key_column, spec.chunk_size)
+        if replace_existing:
+            # The target may hold keys the source no longer has, above its largest key (or any
+            # key, if it has none left): the last chunk is open above, so that its DELETE
+            # reaches them and the table ends up equal to the source.
+            planned = [*planned[:-1], (planned[-1][0], None)] if planned else [(None, None)]
+        return planned
 
     plan = rt.ledger.plan(spec, ranges)
     if not plan.resumed and not replace_existing and _has_rows(dst, info):

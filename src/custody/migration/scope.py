@@ -63,6 +63,8 @@ class SchemaScope:
     view_post_data: dict[int, set[ObjectId]] = field(default_factory=dict)
     large_object_columns: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # CHECK constraints come with CREATE TABLE; listed so that their comments can follow.
+    checks: set[ObjectId] = field(default_factory=set)
 
     @property
     def relation_oids(self) -> set[int]:
@@ -383,6 +385,8 @@ def _post_data(c: Connection, scope: SchemaScope, table: TableScope) -> None:
             continue
         if contype in ("p", "u", "x", "f", "t") or (contype == "c" and not validated):
             table.post_data.add((PG_CONSTRAINT, int(oid)))
+        elif contype == "c":
+            scope.checks.add((PG_CONSTRAINT, int(oid)))
     for oid, nspname, relname, owner, attached in c.execute(
         text(
             "SELECT i.indexrelid, n.nspname, c.relname, pg_get_userbyid(c.relowner), "
