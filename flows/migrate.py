@@ -12,6 +12,8 @@ from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
+from custody.identifiers import safe_id
+from custody.migration.names import table_job_id
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
 from custody.quality import preload as preload_quality_checks
@@ -21,6 +23,7 @@ from tasks.audit import publish_audit_artifacts, record_event
 from tasks.cancellation import audit_cancellation, audit_failure
 from tasks.chunks import run_chunks
 from tasks.migration import (
+    check_target_columns,
     check_target_table,
     chunk_work,
     describe_source_tables,
@@ -55,6 +58,19 @@ class MigrateParams(ChunkedJobParams):
         title="Create missing target tables",
         description="PostgreSQL: types, tables and views from pg_dump before the rows, keys, "
         "indexes and triggers after them. Off: the target tables must exist.",
+    )
+    copy_grants: bool = Field(
+        default=True,
+        title="Copy grants",
+        description="PostgreSQL: table and column GRANTs of the created tables, views and "
+        "sequences; grants to roles the target lacks are listed in the report.",
+    )
+    allow_widening: bool = Field(
+        default=False,
+        title="Allow wider target columns",
+        description="A pre-created target column may be wider than the source's (integer to "
+        "bigint, varchar(n) to text or a longer varchar); its values are verified after the "
+        "cast. Off: any type difference refuses the run before anything is written.",
     )
     replace_existing: bool = Field(
         default=False,
@@ -117,15 +133,21 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         params.source,
         details={"job_id": job_id, "target": params.target, "tables": len(infos)},
     )
+    infos = check_target_columns(params.source, params.target, infos, params.allow_widening)
     prepare_target_schema(
-        params.source, params.target, params.schema_name, infos, params.create_schema
+        params.source,
+        params.target,
+        params.schema_name,
+        infos,
+        params.create_schema,
+        params.copy_grants,
     )
     preload_quality_checks()  # GX imports in the background while chunks copy
     results: list[TableResult] = []
     for info in infos:
         started = time.monotonic()
         spec = JobSpec(
-            job_id=f"{job_id}.{info.name}",
+            job_id=table_job_id(job_id, info.name),
             kind="migration",
             subject=f"{params.source}->{params.target}.{params.schema_name}.{info.name}",
             key_column=info.key_column or "-",
@@ -141,7 +163,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
             work,
             max_concurrency=params.max_concurrency,
             continue_on_error=params.continue_on_error,
-            title=f"migrate-{info.name}",
+            title=f"migrate-{safe_id(info.name)}",
         )
         results.append(
             TableResult.from_batch(
@@ -155,8 +177,8 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         )
     result = MigrationResult(job_id=job_id, tables=results)
     if result.all_verified:
-        result.schema_steps = finalize_target_schema(
-            params.source, params.target, params.schema_name
+        result.schema_steps, result.notes = finalize_target_schema(
+            params.source, params.target, params.schema_name, infos, params.copy_grants
         )
         for info, table in zip(infos, results, strict=True):
             table.quality = check_target_table(params.target, info, table.verified_rows)

@@ -28,10 +28,12 @@ from prefect.input import RunInput
 from prefect.states import Cancelled, Failed
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import inspect, literal, select
+from sqlalchemy.sql.elements import quoted_name
 
 from custody.audit import AuditEvent, AuditStatus
 from custody.db import is_postgres
 from custody.identifiers import reflect_table
+from custody.migration.names import table_job_id
 from custody.prefect_glue import current_flow_run_id, publish_markdown
 from custody.store.tables import audit_log
 from tasks.runtime import runtime
@@ -235,7 +237,10 @@ def tables_to_overwrite(connection: str, schema: str, tables: list[str], job_id:
     inspector = inspect(engine)
     found = []
     for name in tables:
-        if rt.ledger.has_job(f"{job_id}.{name}") or not inspector.has_table(name, schema=where):
+        if rt.ledger.has_job(table_job_id(job_id, name)) or not inspector.has_table(
+            quoted_name(name, quote=True),
+            schema=None if where is None else quoted_name(where, quote=True),
+        ):
             continue
         table = reflect_table(engine, name, where)
         with engine.connect() as c:

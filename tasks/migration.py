@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Engine, inspect, literal, select
+from sqlalchemy import Engine, inspect, literal, select, text
 
 from custody.chunks import ChunkWork, JobPlan, JobSpec, plan_key_ranges
 from custody.db import is_postgres
 from custody.errors import CustodyError
-from custody.identifiers import check_name, reflect_table
+from custody.identifiers import check_name, quote_pg, reflect_table
 from custody.migration.catalog import TableInfo, describe_table, list_tables, needs_byte_order
+from custody.migration.compat import check_target_columns as compat_check
 from custody.migration.generic import describe_table_generic, list_tables_generic
+from custody.migration.objects import (
+    comment_statements,
+    grant_statements,
+    missing_on_target,
+    refresh_materialized_views,
+    sync_sequences,
+    tables_without_post_data,
+    unindexed_views,
+)
 from custody.migration.pgcopy import PgRangeCopy
 from custody.migration.schema import (
     add_load_indexes,
-    constraint_count,
-    copy_schema_section,
+    apply_script,
     drop_load_indexes,
+    dump_schema,
     existing_tables,
-    sync_sequences,
+    restore_script,
+    schema_exists,
+    select_entries,
 )
+from custody.migration.scope import PG_ATTRDEF, PG_CLASS, ObjectId, SchemaScope, schema_scope
 from custody.quality import QualityResult, check_table
 from custody.transfer.generic import CopyRangeWork, ensure_target_table
 from tasks.retry import retry_if_transient
@@ -72,15 +87,46 @@ def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[
     rt = runtime()
     engine = rt.engine(source)
     postgres = is_postgres(engine)
+    if postgres and not schema_exists(engine, schema):
+        raise MigrationRefusedError(f"schema {schema!r} does not exist in the source")
     available = list_tables(engine, schema) if postgres else list_tables_generic(engine)
     wanted = tables or available
     for name in wanted:
         check_name(name, "table name")
         if name not in available:
-            raise MigrationRefusedError(f"table {name!r} is not a table of the source schema")
+            raise MigrationRefusedError(
+                f"table {name!r} is not a table of the source schema {schema!r}"
+            )
     if postgres:
         return [describe_table(engine, schema, name) for name in wanted]
     return [describe_table_generic(engine, name) for name in wanted]
+
+
+@task(
+    name="check-target-columns",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
+def check_target_columns(
+    source: str, target: str, tables: list[TableInfo], allow_widening: bool
+) -> list[TableInfo]:
+    """Before anything is written: every existing target table's column types match the source.
+
+    A mismatch is refused naming table, column and both types; an allowed widening marks the
+    table to be copied and verified as text. Tables the target lacks are created from the source
+    later, so they match by construction.
+    """
+    rt = runtime()
+    src, dst = rt.engine(source), rt.engine(target)
+    if not both_postgres(src, dst) or not tables:
+        return tables
+    present = existing_tables(dst, tables[0].schema, [t.name for t in tables])
+    return [
+        compat_check(src, dst, t, allow_widening=allow_widening) if t.name in present else t
+        for t in tables
+    ]
 
 
 @task(
@@ -91,14 +137,19 @@ def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[
     **_NO_CACHE,
 )
 def prepare_target_schema(
-    source: str, target: str, schema: str, tables: list[TableInfo], create_schema: bool
+    source: str,
+    target: str,
+    schema: str,
+    tables: list[TableInfo],
+    create_schema: bool,
+    copy_grants: bool = True,
 ) -> str:
     """Make sure every target table exists; returns 'created' or 'existing'."""
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
     names = [t.name for t in tables]
     if both_postgres(src, dst):
-        outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema)
+        outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema, copy_grants)
         if outcome == "created":  # never change the structure of a user's own tables
             keys = {t.name: t.key_column for t in tables if t.key_column}
             ordered = frozenset(
@@ -117,23 +168,75 @@ def prepare_target_schema(
 
 
 def _prepare_postgres_tables(
-    src: Engine, dst: Engine, schema: str, names: list[str], create_schema: bool
+    src: Engine, dst: Engine, schema: str, names: list[str], create_schema: bool, grants: bool
 ) -> str:
     present = existing_tables(dst, schema, names)
-    if len(present) == len(names):
-        return "existing"
-    if present:
-        missing = sorted(set(names) - present)
+    if present and len(present) < len(names):
+        absent = sorted(set(names) - present)
         raise MigrationRefusedError(
-            f"target schema {schema!r} has some of the tables but not {missing}: create them "
+            f"target schema {schema!r} has some of the tables but not {absent}: create them "
             "or migrate into an empty schema"
         )
-    if not create_schema:
+    if not present and not create_schema:
         raise MigrationRefusedError(
             f"target has none of the tables and create_schema is off: {names}"
         )
-    copy_schema_section(src, dst, schema, "pre-data")
-    return "created"
+    scope = schema_scope(src, schema, names)
+    if scope.large_object_columns:
+        raise MigrationRefusedError(
+            "large objects are not migrated, and these columns may reference them: "
+            f"{', '.join(scope.large_object_columns)}; nothing was written"
+        )
+    if not create_schema:
+        return "existing"
+    refuse_missing_extensions(dst, scope)
+    missing = missing_on_target(src, dst, scope.pre_data)
+    if present:  # defaults belong to tables the migration creates, not to a user's own
+        missing = {o for o in missing if o[0] != PG_ATTRDEF}
+    if not missing:
+        return "existing"
+    with tempfile.TemporaryDirectory(prefix="custody-schema-") as tmp:
+        toc = dump_schema(src, scope.schemas, Path(tmp) / "schema.dump")
+        script = _setup_sql(dst, scope) + restore_script(
+            Path(tmp) / "schema.dump", select_entries(toc, missing, scope.pre_tags), "pre-data"
+        )
+        statements = comment_statements(src, missing | (set() if present else scope.checks))
+        if grants:
+            relations = {oid for classid, oid in missing if classid == PG_CLASS}
+            statements += grant_statements(src, dst, relations)[0]
+        script += "".join(f"{s};\n" for s in statements).encode()
+        apply_script(dst, script)
+    return "existing" if present else "created"
+
+
+def refuse_missing_extensions(dst: Engine, scope: SchemaScope) -> None:
+    """Every extension the tables' types or defaults need is installed or installable."""
+    with dst.connect() as c:
+        installed = set(c.execute(text("SELECT extname FROM pg_extension")).scalars())
+        available = set(c.execute(text("SELECT name FROM pg_available_extensions")).scalars())
+    lacking = [e for e in scope.extensions.values() if e.name not in installed | available]
+    if lacking:
+        raise MigrationRefusedError(
+            "; ".join(
+                f"extension {e.name} (needed by {e.needed_by}) is not installed on the target "
+                "and not available to install there"
+                for e in lacking
+            )
+            + "; nothing was written"
+        )
+
+
+def _setup_sql(dst: Engine, scope: SchemaScope) -> bytes:
+    """Schemas, then the extensions the target lacks, before pg_dump's objects."""
+    with dst.connect() as c:
+        installed = set(c.execute(text("SELECT extname FROM pg_extension")).scalars())
+    lines = [f"CREATE SCHEMA IF NOT EXISTS {quote_pg(s)};" for s in sorted(scope.schemas)]
+    lines += [
+        f"CREATE EXTENSION IF NOT EXISTS {quote_pg(e.name)} WITH SCHEMA {quote_pg(e.schema)};"
+        for e in scope.extensions.values()
+        if e.name not in installed
+    ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 @task(
@@ -155,9 +258,15 @@ def plan_migration(
             return [(None, None)]  # no usable key: one verified chunk, streamed
         table = reflect_table(src, info.name, info.schema or None)
         ordered = with_key_order(src, dst, info) if both_postgres(src, dst) else info
-        return plan_key_ranges(
+        planned = plan_key_ranges(
             src, table, info.key_column, spec.chunk_size, byte_order=ordered.byte_order_key
         )
+        if replace_existing:
+            # The target may hold keys the source no longer has, above its largest key (or any
+            # key, if it has none left): the last chunk is open above, so that its DELETE
+            # reaches them and the table ends up equal to the source.
+            planned = [*planned[:-1], (planned[-1][0], None)] if planned else [(None, None)]
+        return planned
 
     plan = rt.ledger.plan(spec, ranges)
     if not plan.resumed and not replace_existing and _has_rows(dst, info):
@@ -169,6 +278,10 @@ def plan_migration(
 
 
 def _has_rows(engine: Engine, info: TableInfo) -> bool:
+    if info.has_children:  # an inheritance parent: its own rows, not its children's
+        with engine.connect() as c:
+            query = f"SELECT 1 FROM ONLY {quote_pg(info.schema)}.{quote_pg(info.name)} LIMIT 1"
+            return c.exec_driver_sql(query).first() is not None
     table = reflect_table(engine, info.name, info.schema or None)
     with engine.connect() as c:
         return c.execute(select(literal(1)).select_from(table).limit(1)).first() is not None
@@ -181,18 +294,54 @@ def _has_rows(engine: Engine, info: TableInfo) -> bool:
     retry_delay_seconds=2,
     **_NO_CACHE,
 )
-def finalize_target_schema(source: str, target: str, schema: str) -> dict[str, int]:
-    """Keys, indexes, foreign keys and triggers after the data; then sequences."""
+def finalize_target_schema(
+    source: str, target: str, schema: str, tables: list[TableInfo], copy_grants: bool = True
+) -> tuple[dict[str, int], list[str]]:
+    """After the data: post-data per table, materialized views refreshed, sequences set.
+
+    Keys, indexes, foreign keys and triggers go to each table that has none of its own; then
+    materialized views are refreshed and sequences take the source's state. Returns counts and
+    notes for the report (foreign keys and views not migrated, roles or sequences the target
+    lacks).
+    """
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
     if not both_postgres(src, dst):
-        return {"post_data_applied": 0, "sequences": 0}
-    applied = 0
-    drop_load_indexes(dst, schema)  # before counting: they are not the source's
-    if constraint_count(dst, schema) < constraint_count(src, schema):
-        copy_schema_section(src, dst, schema, "post-data")
-        applied = 1
-    return {"post_data_applied": applied, "sequences": sync_sequences(src, dst, schema)}
+        return {"post_data_tables": 0, "sequences": 0}, []
+    scope = schema_scope(src, schema, [t.name for t in tables])
+    drop_load_indexes(dst, schema)  # before looking at the tables: they are not the source's
+    bare = set(tables_without_post_data(dst, schema, scope.tables))
+    wanted: set[ObjectId] = set()
+    tags: dict[str, ObjectId] = {}
+    for table in scope.tables:
+        if table.name in bare:
+            wanted |= table.post_data
+            tags |= table.post_tags
+    for oid in unindexed_views(dst, scope):
+        wanted |= scope.view_post_data[oid]
+    if wanted:
+        with tempfile.TemporaryDirectory(prefix="custody-schema-") as tmp:
+            dump = Path(tmp) / "schema.dump"
+            toc = dump_schema(src, scope.schemas, dump)
+            script = restore_script(dump, select_entries(toc, wanted, tags), "post-data")
+            script += "".join(f"{s};\n" for s in comment_statements(src, wanted)).encode()
+            apply_script(dst, script)
+    refreshed = refresh_materialized_views(src, dst, scope)
+    sequences, lacking = sync_sequences(src, dst, scope.sequences)
+    notes = list(scope.notes)
+    notes += [f"sequence {s}: not on the target, its state was not copied" for s in lacking]
+    if copy_grants:
+        missing_roles = grant_statements(src, dst, scope.relations_in_scope)[1]
+        notes += [
+            f"role {r}: does not exist on the target, its grants were not copied"
+            for r in missing_roles
+        ]
+    steps = {
+        "post_data_tables": len(bare & {t.name for t in scope.tables if t.post_data}),
+        "materialized_views_refreshed": refreshed,
+        "sequences": sequences,
+    }
+    return steps, notes
 
 
 @task(
@@ -210,7 +359,8 @@ def check_target_table(target: str, info: TableInfo, expected_rows: int) -> Qual
         url,
         info.schema,
         info.name,
-        expected_rows=expected_rows,
+        # GX counts a parent's children's rows too; the chunks counted its own (FROM ONLY).
+        expected_rows=None if info.has_children else expected_rows,
         unique_key=info.primary_key,
         not_null=info.not_null,
     )

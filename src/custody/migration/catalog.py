@@ -40,6 +40,11 @@ class TableInfo:
     notes: tuple[str, ...] = ()
     text_key: bool = False
     byte_order_key: bool = False
+    # A plain table with inheritance children: its own rows only (``FROM ONLY``), the children
+    # are tables of their own.
+    has_children: bool = False
+    # Columns a pre-created target holds in a wider type: copied and compared as text.
+    widened: tuple[str, ...] = ()
 
 
 def list_tables(engine: Engine, schema: str) -> list[str]:
@@ -95,8 +100,14 @@ def describe_table(engine: Engine, schema: str, name: str) -> TableInfo:
         estimate = c.execute(
             text(
                 "SELECT GREATEST(COALESCE(sum(c.reltuples), 0), 0)::bigint FROM pg_class c "
-                "WHERE c.oid = :oid OR c.oid IN (SELECT inhrelid FROM pg_inherits "
-                "WHERE inhparent = :oid)"
+                "WHERE c.oid = :oid OR c.oid IN (SELECT relid FROM pg_partition_tree(:oid))"
+            ),
+            {"oid": oid},
+        ).scalar_one()
+        has_children = c.execute(
+            text(
+                "SELECT c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = "
+                "c.oid) FROM pg_class c WHERE c.oid = :oid"
             ),
             {"oid": oid},
         ).scalar_one()
@@ -119,6 +130,7 @@ def describe_table(engine: Engine, schema: str, name: str) -> TableInfo:
         canonical=tuple(form for form, _ in forms),
         notes=tuple(notes),
         text_key=bool(key and key[1] not in ("int2", "int4", "int8")),
+        has_children=bool(has_children),
     )
 
 
@@ -187,7 +199,7 @@ def _record_hashable(connection: Connection, schema: str, name: str) -> bool:
     """Whether hash_record_extended works for this table's row type (every column hashable)."""
     probe = text(
         "SELECT hash_record_extended(t, 0) FROM "
-        f"(SELECT * FROM {quote_pg(schema)}.{quote_pg(name)} LIMIT 1) t"
+        f"(SELECT * FROM ONLY {quote_pg(schema)}.{quote_pg(name)} LIMIT 1) t"
     )
     try:
         with connection.begin_nested():

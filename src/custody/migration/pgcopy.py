@@ -72,13 +72,21 @@ def chunk_range(info: TableInfo, chunk: Chunk) -> sql.Composable:
     return key_range(info.key_column, chunk.lower, chunk.upper, byte_order=info.byte_order_key)
 
 
+def _from(info: TableInfo) -> sql.Composed:
+    """The table itself; an inheritance parent's own rows only (its children are tables too)."""
+    return sql.SQL("{only}{table}").format(
+        only=sql.SQL("ONLY " if info.has_children else ""),
+        table=sql.Identifier(info.schema, info.name),
+    )
+
+
 def select_columns(
     info: TableInfo, where: sql.Composable, columns: tuple[str, ...] | None = None
 ) -> sql.Composed:
     """The table's columns in order (or ``columns``), for the rows ``where`` selects."""
     return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in (columns or info.columns)),
-        table=sql.Identifier(info.schema, info.name),
+        table=_from(info),
         where=where,
     )
 
@@ -97,7 +105,7 @@ def copy_out_query(info: TableInfo, where: sql.Composable) -> sql.Composed:
         for c in info.columns
     ]
     return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
-        cols=sql.SQL(", ").join(cols), table=sql.Identifier(info.schema, info.name), where=where
+        cols=sql.SQL(", ").join(cols), table=_from(info), where=where
     )
 
 
@@ -302,9 +310,7 @@ class PgRangeCopy:
             with src.cursor() as rc, dst.cursor() as wc:
                 if chunk.attempt > 1 or self.replace_existing:
                     wc.execute(
-                        sql.SQL("DELETE FROM {t} WHERE {w}").format(
-                            t=sql.Identifier(self.info.schema, self.info.name), w=where
-                        )
+                        sql.SQL("DELETE FROM {t} WHERE {w}").format(t=_from(self.info), w=where)
                     )
                 copy_in = sql.SQL("COPY {t} ({cols}) FROM STDIN {fmt}").format(
                     t=sql.Identifier(self.info.schema, self.info.name),

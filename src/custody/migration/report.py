@@ -57,6 +57,9 @@ class MigrationResult(BaseModel):
     job_id: str
     tables: list[TableResult] = Field(default_factory=list)
     schema_steps: dict[str, int] = Field(default_factory=dict)
+    # What was deliberately not migrated, and why (foreign keys to tables not asked for, views
+    # reading them, roles the target lacks): names only, never values.
+    notes: list[str] = Field(default_factory=list)
     planned: bool = False
 
     @property
@@ -143,4 +146,6 @@ def publish_result(result: MigrationResult) -> None:
     if gx_notes:
         lines += ["", "## Quality checks on a column's text form", "",
                   *[f"- {n}" for n in gx_notes[:200]]]  # fmt: skip
+    if result.notes:
+        lines += ["", "## Not migrated", "", *[f"- {n}" for n in result.notes]]
     publish_markdown(f"migration-report-{result.job_id}", "\n".join(lines))

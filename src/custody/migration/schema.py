@@ -9,12 +9,16 @@ into unindexed tables is faster, and triggers must not fire on migrated rows.
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
+from pathlib import Path
 
 from sqlalchemy import Engine, text
 
 from custody.errors import CustodyError
 from custody.identifiers import check_name, quote_pg
+from custody.migration.names import dump_pattern
+from custody.migration.scope import ObjectId
 from custody.pgclient import client_tool, libpq_env
 
 
@@ -25,27 +29,74 @@ class SchemaCopyError(CustodyError):
     """
 
 
-def copy_schema_section(source: Engine, target: Engine, schema: str, section: str) -> None:
-    """Apply one pg_dump section of ``schema`` from source to target, in one transaction."""
-    check_name(schema, "schema name")
-    if section not in ("pre-data", "post-data"):
-        raise ValueError(f"unknown pg_dump section {section!r}")
-    # Fixed argv (no shell); the only variable part is a checked schema name.
+def dump_schema(source: Engine, schemas: set[str], into: Path) -> list[str]:
+    """``pg_dump --schema-only`` of ``schemas`` in custom format; returns its table of contents.
+
+    Each schema is an exactly quoted pattern (``dump_pattern``): a schema called ``a.b*`` is
+    that schema, not a regular expression.
+    """
+    # Fixed argv (no shell); the variable parts are quoted patterns of catalog names.
     dump = subprocess.run(  # noqa: S603
-        [client_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner",
-         "--no-privileges", f"--schema={schema}"],
+        [client_tool("pg_dump"), "--schema-only", "--format=custom", f"--file={into}",
+         *[f"--schema={dump_pattern(s)}" for s in sorted(schemas)]],
         env=libpq_env(source.url), capture_output=True, timeout=600, check=False,
     )  # fmt: skip
     if dump.returncode != 0:
         raise SchemaCopyError(f"pg_dump failed: {dump.stderr.decode(errors='replace')[-2000:]}")
-    script = dump.stdout
-    if section == "pre-data" and _schema_exists(target, schema):
-        # The target already has the schema (always so for public): keep everything else.
-        script = b"".join(
-            line
-            for line in script.splitlines(keepends=True)
-            if not line.startswith((b"CREATE SCHEMA ", b"COMMENT ON SCHEMA "))
-        )
+    listing = subprocess.run(  # noqa: S603
+        [client_tool("pg_restore"), "--list", str(into)],
+        capture_output=True, timeout=600, check=False,
+    )  # fmt: skip
+    if listing.returncode != 0:
+        raise SchemaCopyError(f"pg_restore failed: {listing.stderr.decode(errors='replace')}")
+    return [
+        line for line in listing.stdout.decode().splitlines() if line and not line.startswith(";")
+    ]
+
+
+_TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
+
+
+def select_entries(toc: list[str], wanted: set[ObjectId], tags: dict[str, ObjectId]) -> list[str]:
+    """The TOC lines of the objects in ``wanted``, by catalog identity.
+
+    Entries without a catalog identity (``TABLE ATTACH``, ``INDEX ATTACH``, ``SEQUENCE OWNED
+    BY``) are matched by their whole description in ``tags``, and taken when the object they
+    belong to is wanted; comments and privileges never are (they are copied from the catalog).
+    """
+    chosen = []
+    for line in toc:
+        found = _TOC_LINE.match(line)
+        if found is None:
+            continue
+        classid, oid, rest = int(found[2]), int(found[3]), found[4]
+        if (classid, oid) in wanted if oid else tags.get(rest) in wanted:
+            chosen.append(line)
+    return chosen
+
+
+def restore_script(dump: Path, entries: list[str], section: str) -> bytes:
+    """The SQL that creates ``entries`` of one section of ``dump``, without owners or grants."""
+    if section not in ("pre-data", "post-data"):
+        raise ValueError(f"unknown pg_dump section {section!r}")
+    if not entries:
+        return b""
+    listing = dump.with_suffix(f".{section}.list")
+    listing.write_text("\n".join(entries) + "\n")
+    restore = subprocess.run(  # noqa: S603
+        [client_tool("pg_restore"), f"--section={section}", "--no-owner", "--no-privileges",
+         "--no-comments", f"--use-list={listing}", "--file=-", str(dump)],
+        capture_output=True, timeout=600, check=False,
+    )  # fmt: skip
+    if restore.returncode != 0:
+        raise SchemaCopyError(f"pg_restore failed: {restore.stderr.decode(errors='replace')}")
+    return restore.stdout
+
+
+def apply_script(target: Engine, script: bytes) -> None:
+    """Run a SQL script on the target with psql, in one transaction, stopping at the first error."""
+    if not script.strip():
+        return
     # VERBOSITY=terse: the error's primary message only. Its DETAIL and CONTEXT may quote rows
     # ("Key (mrn)=(...) is not present", "Failing row contains (...)"), and this message is
     # raised into Prefect's logs and states, outside the HIPAA boundary.
@@ -58,9 +109,12 @@ def copy_schema_section(source: Engine, target: Engine, schema: str, section: st
         raise SchemaCopyError(f"psql failed: {restore.stderr.decode(errors='replace')[-2000:]}")
 
 
-def _schema_exists(engine: Engine, schema: str) -> bool:
+def schema_exists(engine: Engine, schema: str) -> bool:
+    """Whether the database has a schema of exactly this name."""
     with engine.connect() as c:
-        found = c.execute(text("SELECT to_regnamespace(:s)"), {"s": schema}).scalar()
+        found = c.execute(
+            text("SELECT oid FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+        ).scalar()
     return found is not None
 
 
