@@ -12,6 +12,8 @@ from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
+from custody.migration.mysql.casts import CastRules
+from custody.migration.mysql.report import cast_section, publish_cast_plan
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
 from custody.quality import preload as preload_quality_checks
@@ -80,6 +82,11 @@ class MigrateParams(ChunkedJobParams):
         title="Dry run (plan only)",
         description="Tables, estimated rows, chunks and COPY format; nothing is copied.",
     )
+    casts: CastRules = Field(
+        default_factory=CastRules,
+        title="MySQL/MariaDB cast rules",
+        description="How MySQL types become PostgreSQL types (README: From MySQL/MariaDB).",
+    )
 
 
 @flow(
@@ -94,9 +101,10 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         params: Source and target connections, the tables and how the chunks run.
     """
     job_id = params.job_id or f"migrate-{current_flow_run_id() or 'local'}"
-    infos = describe_source_tables(params.source, params.schema_name, params.tables)
+    infos = describe_source_tables(params.source, params.schema_name, params.tables, params.casts)
     if params.dry_run:
         publish_plan(job_id, infos, params.chunk_size)
+        publish_cast_plan(job_id, infos)
         return MigrationResult(job_id=job_id, planned=True)
     if params.require_approval and params.replace_existing:
         names = [info.name for info in infos]
@@ -152,10 +160,10 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
                 runtime().ledger.summary(spec.job_id)["rows"],
             )
         )
-    result = MigrationResult(job_id=job_id, tables=results)
+    result = MigrationResult(job_id=job_id, tables=results, casts=cast_section(infos))
     if result.all_verified:
         result.schema_steps = finalize_target_schema(
-            params.source, params.target, params.schema_name
+            params.source, params.target, params.schema_name, infos
         )
         for info, table in zip(infos, results, strict=True):
             table.quality = check_target_table(params.target, info, table.verified_rows)

@@ -9,11 +9,14 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine, inspect, literal, select
 
 from custody.chunks import ChunkWork, JobPlan, JobSpec, plan_key_ranges
-from custody.db import is_postgres
+from custody.db import is_mysql, is_postgres
 from custody.errors import CustodyError
 from custody.identifiers import check_name, reflect_table
 from custody.migration.catalog import TableInfo, describe_table, list_tables
 from custody.migration.generic import describe_table_generic, list_tables_generic
+from custody.migration.mysql import source as mysql_source
+from custody.migration.mysql.casts import CastRules
+from custody.migration.mysql.copy import MySQLRangeCopy
 from custody.migration.pgcopy import PgRangeCopy
 from custody.migration.schema import (
     add_load_indexes,
@@ -45,6 +48,8 @@ def chunk_work(
 ) -> ChunkWork:
     """Streamed COPY between two PostgreSQL servers; the generic batched path otherwise."""
     rt = runtime()
+    if isinstance(info, mysql_source.MySQLTableInfo) and info.plan is not None:
+        return MySQLRangeCopy(source, target, info.plan, verify)
     if both_postgres(rt.engine(source), rt.engine(target)):
         return PgRangeCopy(source, target, info, verify, replace_existing)
     return CopyRangeWork(source, target, info.name, info.key_column or "")
@@ -57,10 +62,19 @@ def chunk_work(
     retry_delay_seconds=2,
     **_NO_CACHE,
 )
-def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[TableInfo]:
-    """The tables to migrate (all of the schema when none are named), checked and described."""
+def describe_source_tables(
+    source: str, schema: str, tables: list[str], casts: CastRules | None = None
+) -> list[TableInfo]:
+    """The tables to migrate (all of the schema when none are named), checked and described.
+
+    A MySQL/MariaDB source is planned under the cast rules (``schema`` is then the target's).
+    """
     rt = runtime()
     engine = rt.engine(source)
+    if is_mysql(engine):
+        return list(
+            mysql_source.describe_mysql_tables(engine, schema, tables, casts or CastRules())
+        )
     postgres = is_postgres(engine)
     available = list_tables(engine, schema) if postgres else list_tables_generic(engine)
     wanted = tables or available
@@ -87,6 +101,8 @@ def prepare_target_schema(
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
     names = [t.name for t in tables]
+    if is_mysql(src):
+        return mysql_source.create_target_tables(dst, schema, tables, create_schema)
     if both_postgres(src, dst):
         outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema)
         if outcome == "created":  # never change the structure of a user's own tables
@@ -139,7 +155,8 @@ def plan_migration(
     def ranges() -> list[tuple[Any, Any]]:
         if info.key_column is None:
             return [(None, None)]  # no usable key: one verified chunk, streamed
-        table = reflect_table(src, info.name, info.schema or None)
+        # A MySQL source's "schema" is its connection's database; info.schema is the target's.
+        table = reflect_table(src, info.name, None if is_mysql(src) else info.schema or None)
         return plan_key_ranges(src, table, info.key_column, spec.chunk_size)
 
     plan = rt.ledger.plan(spec, ranges)
@@ -164,10 +181,14 @@ def _has_rows(engine: Engine, info: TableInfo) -> bool:
     retry_delay_seconds=2,
     **_NO_CACHE,
 )
-def finalize_target_schema(source: str, target: str, schema: str) -> dict[str, int]:
+def finalize_target_schema(
+    source: str, target: str, schema: str, tables: list[TableInfo] | None = None
+) -> dict[str, int]:
     """Keys, indexes, foreign keys and triggers after the data; then sequences."""
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
+    if is_mysql(src):
+        return mysql_source.finalize_target(dst, tables or [])
     if not both_postgres(src, dst):
         return {"post_data_applied": 0, "sequences": 0}
     applied = 0
