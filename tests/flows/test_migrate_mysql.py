@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ from tests.support.artifacts import read_artifacts
 from tests.support.env import TEST_KEYS, set_custody_env
 from tests.support.mariadb import MariaDBFactory, load_sakila
 from tests.support.mysql_compare import assert_table_equal
+from tests.support.mysql_types import load_type_schema
 
 KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
 SAKILA_TABLES = [
@@ -110,3 +112,103 @@ def test_sakila_migrates_under_the_cast_rules_and_every_table_is_equal(
         assert name in report, report
     assert result.casts["zero_dates"] == {}
     assert verify_chain(pg_store, KEYRING).ok
+
+
+@pytest.fixture
+def types_src_dst(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,  # type: ignore[no-untyped-def]
+    mysql_databases: MariaDBFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[str, str]:
+    """The every-type schema in MariaDB (connection src) and an empty PostgreSQL (dst)."""
+    src, dst = mysql_databases.create("types"), pg_databases.create("types")
+    load_type_schema(src)
+    set_custody_env(
+        monkeypatch,
+        store_url=pg_store.url.render_as_string(hide_password=False),
+        connections={"src": src, "dst": dst},
+    )
+    return src, dst
+
+
+TYPE_TABLES = ["every_type", "legacy_aria", "legacy_myisam", "no_key", "unique_key"]
+
+
+@pytest.mark.slow
+def test_every_type_family_arrives_as_the_rules_say_and_a_changed_value_is_caught(
+    types_src_dst: tuple[str, str], pg_store: Engine
+) -> None:
+    src, dst = types_src_dst
+    result = migrate_tables(MigrateParams(source="src", target="dst", chunk_size=2, job_id="ty-1"))
+    assert result.status == "success", result.model_dump_json()
+    for table in TYPE_TABLES:
+        assert_table_equal(src, dst, "public", table, booleans={"flag"}, jsons={"j"})
+    chunks = {t.table: t.chunks for t in result.tables}
+    assert chunks["no_key"] == 1  # no key at all: one streamed chunk, count and hash
+    assert chunks["unique_key"] == 2  # a unique NOT NULL key chunks like a primary key
+    assert result.casts["zero_dates"] == {
+        "every_type.dd": 1, "every_type.dt": 1, "every_type.ts": 1, "every_type.dnn": 2,
+    }  # fmt: skip
+
+    with psycopg.connect(dst) as conn:
+        types = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'every_type'::regclass AND attnum > 0"
+            ).fetchall()
+        )
+        dnn_nullable = conn.execute(
+            "SELECT is_nullable FROM information_schema.columns WHERE column_name = 'dnn'"
+        ).fetchone()
+        blob = conn.execute("SELECT length(lb) FROM every_type WHERE id = 3").fetchone()
+        next_id = conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('every_type', 'id'))"
+        ).fetchone()
+        defaults = conn.execute(
+            "INSERT INTO every_type (id) VALUES (4) "
+            "RETURNING flag, d, vc, e, s, created IS NOT NULL"
+        ).fetchone()
+        conn.rollback()
+        collation = conn.execute(
+            "SELECT collation_name FROM information_schema.columns WHERE column_name = 'vcb'"
+        ).fetchone()
+    assert types["iu"] == "bigint" and types["biu"] == "numeric(20,0)"
+    assert types["tiu"] == "smallint" and types["siu"] == "integer" and types["miu"] == "integer"
+    assert types["flag"] == "boolean" and types["flag2"] == "smallint"  # flag2 holds 2
+    assert types["e"] == "every_type_e" and types["s"] == "text[]" and types["y"] == "smallint"
+    assert types["tm"] == "time(0) without time zone" and types["tmo"] == "interval(3)"
+    assert (
+        types["ts"] == "timestamp(3) with time zone"
+        and types["dt"] == "timestamp(6) without time zone"
+    )
+    assert types["j"] == "jsonb" and types["lt"] == "text" and types["lb"] == "bytea"
+    assert types["f"] == "real" and types["b64"] == "numeric(20,0)"
+    assert dnn_nullable == ("YES",) and collation == ("C",)
+    assert blob == (10 * 1024 * 1024,)
+    assert next_id == (1000,)  # AUTO_INCREMENT=1000 carried over
+    assert defaults == (True, Decimal("1.500000"), "it's", "red", ["a", "b"], True)
+
+    # Mutation: the target changes one value as it lands; the product's check must see it.
+    with psycopg.connect(dst, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.id = 2 THEN NEW.vc := NEW.vc || '!'; END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER tamper BEFORE INSERT ON every_type "
+            "FOR EACH ROW EXECUTE FUNCTION tamper()"
+        )
+    state = migrate_tables(
+        MigrateParams(source="src", target="dst", tables=["every_type"], chunk_size=2,
+                      job_id="ty-2", replace_existing=True),
+        return_state=True,
+    )  # fmt: skip
+    again = state.result(raise_on_failure=False)
+    assert state.is_failed() and again.status == "partial_failure"
+    [table] = again.tables
+    assert table.failed_chunks == 1 and "verification mismatch" in table.failures[0]
+    assert "ty-2.every_type#0" in table.failures[0]  # ids 1-2: the tampered row's chunk
+    report = asyncio.run(markdown("migration-report-ty-2"))
+    assert "naïve" not in report and "😀" not in report

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.db import get_engine
@@ -49,8 +48,9 @@ def _set(value: str) -> list[str]:
     return value.split(",") if value else []
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value)
+def _json(value: str | bytes) -> str:
+    """JSON text in one canonical form (keys sorted), so jsonb's reordering compares equal."""
+    return orjson.dumps(orjson.loads(value), option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _bits(value: bytes) -> int:
@@ -59,30 +59,33 @@ def _bits(value: bytes) -> int:
 
 Convert = Callable[[Any], Any]
 
-# kind -> (source value -> the value PostgreSQL should hold, target value read back -> same form)
-CONVERT: dict[str, tuple[Convert | None, Convert | None]] = {
-    "same": (None, None),
-    "bool": (bool, None),
-    "int": (int, None),
-    "u64": (None, int),
-    "bits": (_bits, None),
-    "bits_u64": (_bits, int),
-    "dec": (lambda v: Decimal(str(v)), None),
-    "float4": (_f32, _f32),
-    "float8": (float, None),
-    "tstz": (lambda v: v.replace(tzinfo=dt.UTC), None),
-    "time": (_time, None),
-    "interval": (None, None),
-    "set": (_set, None),
-    "json": (_json, None),
-    "str": (str, None),
+# kind -> (source value -> what PostgreSQL should hold,
+#          that value -> its canonical form for the fingerprint,
+#          the value read back from PostgreSQL -> the same canonical form)
+CONVERT: dict[str, tuple[Convert | None, Convert | None, Convert | None]] = {
+    "same": (None, None, None),
+    "bool": (bool, None, None),
+    "int": (int, None, None),
+    "u64": (None, None, int),
+    "bits": (_bits, None, None),
+    "bits_u64": (_bits, None, int),
+    "dec": (lambda v: Decimal(str(v)), None, None),
+    "float4": (_f32, None, _f32),
+    "float8": (float, None, None),
+    "tstz": (lambda v: v.replace(tzinfo=dt.UTC), None, None),
+    "time": (_time, None, None),
+    "interval": (None, None, None),
+    "set": (_set, None, None),
+    # Written as the source's text (JSON null stays JSON null, not SQL NULL); read back as text.
+    "json": (None, _json, _json),
+    "str": (str, None, None),
 }
 
 
-def _converters(columns: Sequence[ColumnPlan], side: int) -> list[tuple[int, Convert]]:
+def _converters(columns: Sequence[ColumnPlan], stage: int) -> list[tuple[int, Convert]]:
     found = []
     for i, c in enumerate(columns):
-        fn = CONVERT[c.kind][side]
+        fn = CONVERT[c.kind][stage]
         if fn is not None:
             found.append((i, fn))
     return found
@@ -181,8 +184,14 @@ class MySQLRangeCopy:
         table = sql.Identifier(plan.schema_name, plan.table)
         names = [c.name for c in plan.columns]
         cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-        to_target = _converters(plan.columns, 0)
-        json_at = [i for i, c in enumerate(plan.columns) if c.kind == "json"]
+        # jsonb is read back as its text: psycopg would turn JSON null into None like SQL NULL.
+        read = sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier(c.name))
+            if c.kind == "json"
+            else sql.Identifier(c.name)
+            for c in plan.columns
+        )
+        to_target, canonical = _converters(plan.columns, 0), _converters(plan.columns, 1)
         source_fp = Fingerprint()
         raw = src_engine.raw_connection()
         try:
@@ -197,12 +206,11 @@ class MySQLRangeCopy:
                     try:
                         with wc.copy(copy_in) as into:
                             for batch in source_rows(cursor, plan, where):
-                                values = _apply(batch, to_target)
-                                source_fp.add_all(values)
+                                values = _apply(batch, to_target) if to_target else batch
+                                source_fp.add_all(
+                                    _apply(values, canonical) if canonical else values
+                                )
                                 for row in values:
-                                    for i in json_at:
-                                        if row[i] is not None:
-                                            row[i] = Jsonb(row[i])
                                     into.write_row(row)
                     except (
                         psycopg.errors.CharacterNotInRepertoire,
@@ -214,7 +222,7 @@ class MySQLRangeCopy:
                         raise InvalidSourceTextError(
                             f"table {plan.table!r}: {found} ({type(exc).__name__})"
                         ) from None
-                    target_fp = self._target_fingerprint(dst, table, cols, twhere)
+                    target_fp = self._target_fingerprint(dst, table, read, twhere)
                 dst.commit()
         finally:
             raw.close()
@@ -246,7 +254,7 @@ class MySQLRangeCopy:
     ) -> Fingerprint:
         """Read the range back from PostgreSQL (inside the writing transaction) and hash it."""
         fp = Fingerprint()
-        canon = _converters(self.plan.columns, 1)
+        canon = _converters(self.plan.columns, 2)
         with dst.cursor(name="custody_verify") as rc:
             rc.itersize = BATCH_ROWS
             rc.execute(sql.SQL("SELECT {c} FROM {t} WHERE {w}").format(c=cols, t=table, w=where))
