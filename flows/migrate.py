@@ -83,8 +83,8 @@ class MigrateParams(ChunkedJobParams):
         description="Tables, estimated rows, chunks and COPY format; nothing is copied.",
     )
     casts: CastRules = Field(
-        default_factory=CastRules,
-        title="MySQL/MariaDB cast rules",
+        default=CastRules(),
+        title="Cast rules (MySQL/MariaDB sources)",
         description="How MySQL types become PostgreSQL types (README: From MySQL/MariaDB).",
     )
 

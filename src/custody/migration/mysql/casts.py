@@ -91,7 +91,7 @@ class CastRules(BaseModel):
         "in the report as not migrated.",
     )
     overrides: dict[str, OverrideType] = Field(
-        default_factory=dict,
+        default={},
         title="Per-column target types",
         description="'table.column' -> PostgreSQL type, replacing the rule for that column "
         '(e.g. {"patients.flags": "text"}). The value is converted by MySQL (CAST) first.',
