@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from decimal import Decimal
 
 import psycopg
@@ -12,10 +13,17 @@ from sqlalchemy import Engine
 from custody.audit import Keyring, verify_chain
 from flows.migrate import MigrateParams, migrate_tables
 from tests.support.artifacts import read_artifacts
-from tests.support.env import TEST_KEYS, set_custody_env
+from tests.support.env import TEST_KEYS, custody_env, set_custody_env
+from tests.support.kill import (
+    flow_command,
+    kill_after_verified,
+    ledger,
+    processed_per_chunk,
+    run_to_end,
+)
 from tests.support.mariadb import MariaDBFactory, load_sakila
 from tests.support.mysql_compare import assert_table_equal
-from tests.support.mysql_types import load_type_schema
+from tests.support.mysql_types import load_type_schema, make_visits
 
 KEYRING = Keyring("k1", {k: v.encode() for k, v in TEST_KEYS.items()})
 SAKILA_TABLES = [
@@ -212,3 +220,75 @@ def test_every_type_family_arrives_as_the_rules_say_and_a_changed_value_is_caugh
     assert "ty-2.every_type#0" in table.failures[0]  # ids 1-2: the tampered row's chunk
     report = asyncio.run(markdown("migration-report-ty-2"))
     assert "naïve" not in report and "😀" not in report
+
+
+KILL_POINTS = [2, 8, 14]  # verified chunks (of 20) when each run is killed
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_of_a_mariadb_run_then_resume_converges(
+    prefect_api: str,
+    pg_store: Engine,
+    pg_databases,  # type: ignore[no-untyped-def]
+    mysql_databases: MariaDBFactory,
+) -> None:
+    src, dst = mysql_databases.create("kill"), pg_databases.create("kill")
+    make_visits(src, 200_000)
+    store_url = pg_store.url.render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        **custody_env(store_url, {"src": src, "dst": dst}),
+        "PREFECT_API_URL": prefect_api,
+    }
+    params = {"source": "src", "target": "dst", "tables": ["visits"], "chunk_size": 10_000,
+              "max_concurrency": 2, "job_id": "my-kill"}  # fmt: skip
+    args = flow_command("flows.migrate", "migrate_tables", "MigrateParams", params)
+    before: dict[int, tuple[str, int, object]] = {}
+    for kill_after in KILL_POINTS:
+        kill_after_verified(args, env, pg_store, kill_after)
+        now = ledger(pg_store)
+        assert len({n for n, (s, _, _) in now.items() if s == "verified"}) >= kill_after
+        assert all(now[n] == before[n] for n in before if before[n][0] == "verified")
+        before = now
+    done = {n for n, (status, _, _) in before.items() if status == "verified"}
+
+    result = run_to_end(args, env)
+    assert result["status"] == "success"
+    [table] = result["tables"]
+    assert table["already_verified"] == len(done) and table["verified_now"] == 20 - len(done)
+    assert processed_per_chunk(pg_store, "data.migration.chunk_processed") == {
+        n: 1 for n in range(20)
+    }
+    assert assert_table_equal(src, dst, "public", "visits", booleans={"urgent"}) == 200_000
+    with psycopg.connect(dst) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM visits").fetchone() == (
+            200_000,
+            200_000,
+        )
+        assert conn.execute(
+            "SELECT nextval(pg_get_serial_sequence('visits', 'id'))"
+        ).fetchone() == (200_001,)
+    assert verify_chain(pg_store, KEYRING).ok
+
+
+def test_dry_run_shows_every_column_mapping_and_the_rules_that_fire(
+    types_src_dst: tuple[str, str], pg_store: Engine
+) -> None:
+    _, dst = types_src_dst
+    result = migrate_tables(
+        MigrateParams(source="src", target="dst", job_id="my-plan", dry_run=True)
+    )
+    assert result.status == "planned"
+    plan = asyncio.run(markdown("migration-casts-my-plan"))
+    assert (
+        "| every_type | iu | int(10) unsigned | bigint | int unsigned widened -> bigint |" in plan
+    )
+    assert "| every_type | flag2 | tinyint(1) | smallint | tinyint(1) -> smallint (1 values" in plan
+    assert "| every_type | dnn | date | date | 2 zero/partial-zero dates -> NULL; NOT NULL" in plan
+    assert "| no_key | a | varchar(10) | varchar(10) |  |" in plan
+    assert "- `every_type.dnn`: 2" in plan
+    assert "every_type: index idx_prefix: prefix length dropped" in plan
+    with psycopg.connect(dst) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)

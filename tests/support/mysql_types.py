@@ -73,3 +73,22 @@ def load_type_schema(url: str) -> None:
         cur = conn.cursor()
         for statement in [*SCHEMA, *ROWS]:
             cur.execute(statement)
+
+
+def make_visits(url: str, rows: int) -> None:
+    """A mixed-type table ``visits`` of ``rows`` rows, generated inside MariaDB."""
+    with connect(url) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE visits (id int unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY, "
+            "patient varchar(40) NOT NULL, seen datetime(3), billed timestamp NULL, "
+            "amount decimal(10,2), urgent tinyint(1) NOT NULL, note text, "
+            "kind enum('inpatient','outpatient','emergency'), KEY idx_patient (patient))"
+        )
+        cur.execute(
+            "INSERT INTO visits (id, patient, seen, billed, amount, urgent, note, kind) "
+            "SELECT seq, CONCAT('patient-', seq MOD 9973), '2020-01-01' + INTERVAL seq MINUTE, "
+            "'2021-01-01' + INTERVAL seq SECOND, (seq MOD 100000) / 100, seq MOD 2, "
+            "IF(seq MOD 7 = 0, NULL, REPEAT('n', seq MOD 30)), "
+            f"ELT(1 + seq MOD 3, 'inpatient', 'outpatient', 'emergency') FROM seq_1_to_{rows}"
+        )
