@@ -10,6 +10,7 @@ a truncation, an enum label) makes the two differ and fails the chunk instead of
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,9 +63,12 @@ Convert = Callable[[Any], Any]
 # kind -> (source value -> what PostgreSQL should hold,
 #          that value -> its canonical form for the fingerprint,
 #          the value read back from PostgreSQL -> the same canonical form)
+# Kinds missing from READ are read back as they are; conversions left as None cost nothing.
 CONVERT: dict[str, tuple[Convert | None, Convert | None, Convert | None]] = {
     "same": (None, None, None),
-    "bool": (bool, None, None),
+    # 0/1 go in as they are (boolean accepts them; the tinyint(1) check made sure) and come back
+    # as integers (READ), so nothing is converted row by row.
+    "bool": (None, None, None),
     "int": (int, None, None),
     "u64": (None, None, int),
     "bits": (_bits, None, None),
@@ -72,13 +76,22 @@ CONVERT: dict[str, tuple[Convert | None, Convert | None, Convert | None]] = {
     "dec": (lambda v: Decimal(str(v)), None, None),
     "float4": (_f32, None, _f32),
     "float8": (float, None, None),
-    "tstz": (lambda v: v.replace(tzinfo=dt.UTC), None, None),
+    # MySQL is read in UTC and PostgreSQL parses the naive value in its UTC session.
+    "tstz": (None, None, None),
     "time": (_time, None, None),
     "interval": (None, None, None),
     "set": (_set, None, None),
     # Written as the source's text (JSON null stays JSON null, not SQL NULL); read back as text.
     "json": (None, _json, _json),
     "str": (str, None, None),
+}
+
+# How PostgreSQL hands a kind back in the form the source side was hashed in.
+READ = {
+    "bool": "{}::int",
+    "tstz": "{} AT TIME ZONE 'UTC'",
+    # psycopg would turn JSON null into None, like SQL NULL.
+    "json": "{}::text",
 }
 
 
@@ -100,6 +113,65 @@ def _apply(rows: Sequence[Sequence[Any]], conv: list[tuple[int, Convert]]) -> li
                 values[i] = fn(values[i])
         out.append(values)
     return out
+
+
+class StreamHash:
+    """Count and SHA-256 of rows in key order: one C-level serialisation per batch.
+
+    Each batch is serialised with orjson (datetimes natively, Decimal, bytes and timedelta by
+    ``str``) and its outer brackets dropped, so the stream is the same however it is batched.
+    Both sides hold the same Python types after the cast rules, so equal rows give equal bytes.
+    """
+
+    __slots__ = ("count", "digest")
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.count = 0
+        self.digest = hashlib.sha256()
+
+    def add_all(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Fold a batch in (in order)."""
+        if rows:
+            self.digest.update(orjson.dumps(rows, default=str)[1:-1])
+            self.digest.update(b",")
+            self.count += len(rows)
+
+    @property
+    def hexdigest(self) -> str:
+        """The first 16 hex digits of the digest."""
+        return self.digest.hexdigest()[:16]
+
+
+def binary_types(columns: Sequence[ColumnPlan]) -> list[str] | None:
+    """The COPY BINARY wire type of each column, or None when a column needs text COPY.
+
+    Binary COPY is about 1.7x faster to write here. Text-like types (varchar, text, an enum)
+    share one wire form; a timestamptz takes the naive UTC value as a timestamp (same 8 bytes).
+    jsonb is written as the source's text, which only text COPY takes as it is.
+    """
+    wire: list[str] = []
+    for c in columns:
+        base = c.pg_type.split(" COLLATE ")[0].split("(")[0]
+        if c.kind == "json":
+            return None
+        if base in _WIRE:
+            wire.append(_WIRE[base])
+        elif c.pg_type.endswith('"') or base in ("varchar", "text"):  # an enum type, or text
+            wire.append("text")
+        elif base == "text[]":
+            wire.append("text[]")
+        else:
+            return None
+    return wire
+
+
+_WIRE = {
+    "smallint": "int2", "integer": "int4", "bigint": "int8", "numeric": "numeric",
+    "boolean": "bool", "real": "float4", "double precision": "float8", "bytea": "bytea",
+    "date": "date", "timestamp": "timestamp", "timestamptz": "timestamp", "time": "time",
+    "interval": "interval",
+}  # fmt: skip
 
 
 def source_where(key: str | None, lower: KeyValue | None, upper: KeyValue | None) -> str:
@@ -129,8 +201,12 @@ def target_where(key: str | None, lower: KeyValue | None, upper: KeyValue | None
 def source_rows(cursor: Any, plan: TablePlan, where: str) -> Iterator[list[tuple[Any, ...]]]:
     """The range's rows as MySQL hands them, in batches (an unbuffered, streamed cursor)."""
     select = ", ".join(c.select_sql for c in plan.columns)
+    order = ", ".join(quote_my(c) for c in plan.order_by)
     try:
-        cursor.execute(f"SELECT {select} FROM {quote_my(plan.table)} WHERE {where}")
+        cursor.execute(
+            f"SELECT {select} FROM {quote_my(plan.table)} WHERE {where}"
+            + (f" ORDER BY {order}" if order else "")
+        )
         while batch := cursor.fetchmany(BATCH_ROWS):
             yield batch
     except UnicodeDecodeError:
@@ -184,15 +260,14 @@ class MySQLRangeCopy:
         table = sql.Identifier(plan.schema_name, plan.table)
         names = [c.name for c in plan.columns]
         cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-        # jsonb is read back as its text: psycopg would turn JSON null into None like SQL NULL.
         read = sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier(c.name))
-            if c.kind == "json"
+            sql.SQL(READ[c.kind]).format(sql.Identifier(c.name))
+            if c.kind in READ
             else sql.Identifier(c.name)
             for c in plan.columns
         )
         to_target, canonical = _converters(plan.columns, 0), _converters(plan.columns, 1)
-        source_fp = Fingerprint()
+        source_fp: StreamHash | Fingerprint = StreamHash() if plan.order_by else Fingerprint()
         raw = src_engine.raw_connection()
         try:
             cursor = raw.driver_connection.cursor(buffered=False)  # type: ignore[union-attr]
@@ -202,9 +277,14 @@ class MySQLRangeCopy:
                 dst.execute("SET TimeZone = 'UTC'")
                 with dst.cursor() as wc:
                     wc.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=table, w=twhere))
-                    copy_in = sql.SQL("COPY {t} ({c}) FROM STDIN").format(t=table, c=cols)
+                    wire = binary_types(plan.columns)
+                    copy_in = sql.SQL("COPY {t} ({c}) FROM STDIN {f}").format(
+                        t=table, c=cols, f=sql.SQL("(FORMAT BINARY)" if wire else "")
+                    )
                     try:
                         with wc.copy(copy_in) as into:
+                            if wire:
+                                into.set_types(wire)
                             for batch in source_rows(cursor, plan, where):
                                 values = _apply(batch, to_target) if to_target else batch
                                 source_fp.add_all(
@@ -251,13 +331,22 @@ class MySQLRangeCopy:
         table: sql.Identifier,
         cols: sql.Composable,
         where: sql.Composable,
-    ) -> Fingerprint:
+    ) -> StreamHash | Fingerprint:
         """Read the range back from PostgreSQL (inside the writing transaction) and hash it."""
-        fp = Fingerprint()
+        fp: StreamHash | Fingerprint = StreamHash() if self.plan.order_by else Fingerprint()
         canon = _converters(self.plan.columns, 2)
+        order: sql.Composable = sql.SQL("")
+        if self.plan.order_by:
+            order = sql.SQL(" ORDER BY {}").format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in self.plan.order_by)
+            )
         with dst.cursor(name="custody_verify") as rc:
             rc.itersize = BATCH_ROWS
-            rc.execute(sql.SQL("SELECT {c} FROM {t} WHERE {w}").format(c=cols, t=table, w=where))
+            rc.execute(
+                sql.SQL("SELECT {c} FROM {t} WHERE {w}{o}").format(
+                    c=cols, t=table, w=where, o=order
+                )
+            )
             while batch := rc.fetchmany(BATCH_ROWS):
                 fp.add_all(_apply(batch, canon) if canon else batch)
         return fp

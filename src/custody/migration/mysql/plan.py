@@ -73,6 +73,12 @@ class TablePlan(BaseModel):
     foreign_keys: tuple[str, ...] = ()
     not_migrated: tuple[str, ...] = ()
     zero_date_where: str = ""
+    order_by: tuple[str, ...] = Field(
+        default=(),
+        description="Integer columns that order the rows uniquely on both servers (the primary "
+        "or unique key): then both sides are hashed as one ordered stream, several times "
+        "cheaper than hashing every row on its own. Empty: rows are hashed one by one and summed.",
+    )
 
     @property
     def zero_dates(self) -> dict[str, int]:
@@ -156,6 +162,7 @@ def plan_table(
         schema_name=schema,
         engine=table.engine,
         key_column=_chunk_key(table, columns),
+        order_by=_order_by(table, columns),
         columns=tuple(columns),
         primary_key=pk,
         enum_types=enum_types,
@@ -304,6 +311,25 @@ def _column(
         rules=tuple(fired),
         zero_dates=zeros,
     )
+
+
+def _order_by(table: MyTable, columns: list[ColumnPlan]) -> tuple[str, ...]:
+    """A unique, NOT NULL, all-integer key: the same row order in MySQL and PostgreSQL."""
+    kinds = {c.name: c.kind for c in columns}
+
+    def integers(names: tuple[str, ...]) -> bool:
+        return all(
+            table.column(n).data_type in _INT_TYPES
+            and kinds[n] in ("same", "u64")
+            and not table.column(n).nullable
+            for n in names
+        )
+
+    for index in table.indexes:
+        unique = index.unique and index.kind in ("BTREE", "HASH") and not index.prefix
+        if unique and integers(index.columns):
+            return index.columns
+    return ()
 
 
 def _integer(t: str, unsigned: bool) -> tuple[str, str]:
