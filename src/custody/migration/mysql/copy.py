@@ -216,7 +216,7 @@ def source_rows(cursor: Any, plan: TablePlan, where: str) -> Iterator[list[tuple
         ) from None
 
 
-def find_invalid_text(cursor: Any, plan: TablePlan, where: str) -> str:
+def find_invalid_text(cursor: Any, plan: TablePlan, where: str) -> str | None:
     """Name the first column and key whose text is not valid UTF-8 or holds NUL (no value)."""
     key = plan.key_column or (plan.primary_key[0] if plan.primary_key else None)
     texts = [c for c in plan.columns if c.pg_type.startswith(("varchar", "text"))]
@@ -233,7 +233,7 @@ def find_invalid_text(cursor: Any, plan: TablePlan, where: str) -> str:
                 return f"column {c.name!r} at key {k!r}: bytes not valid UTF-8"
             if "\x00" in value:
                 return f"column {c.name!r} at key {k!r}: a NUL character (PostgreSQL text)"
-    return "no column found"
+    return None
 
 
 @dataclass(frozen=True)
@@ -292,13 +292,14 @@ class MySQLRangeCopy:
                                 )
                                 for row in values:
                                     into.write_row(row)
-                    except (
-                        psycopg.errors.CharacterNotInRepertoire,
-                        InvalidSourceTextError,
-                        psycopg.errors.UntranslatableCharacter,
-                    ) as exc:
+                    except (psycopg.DataError, InvalidSourceTextError) as exc:
+                        # Bytes not valid UTF-8, or a NUL that PostgreSQL text cannot hold: name
+                        # the column and key. The original error (it may quote the value) is
+                        # dropped; any other data error goes on as it is.
                         cursor = raw.driver_connection.cursor()  # type: ignore[union-attr]
                         found = find_invalid_text(cursor, plan, where)
+                        if found is None:
+                            raise
                         raise InvalidSourceTextError(
                             f"table {plan.table!r}: {found} ({type(exc).__name__})"
                         ) from None
