@@ -13,6 +13,8 @@ from pydantic import ConfigDict, Field
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
 from custody.identifiers import safe_id
+from custody.migration.mysql.casts import CastRules
+from custody.migration.mysql.report import cast_section, publish_cast_plan
 from custody.migration.names import table_job_id
 from custody.migration.report import MigrationResult, TableResult, publish_plan, publish_result
 from custody.prefect_glue import current_flow_run_id
@@ -96,6 +98,11 @@ class MigrateParams(ChunkedJobParams):
         title="Dry run (plan only)",
         description="Tables, estimated rows, chunks and COPY format; nothing is copied.",
     )
+    casts: CastRules = Field(
+        default=CastRules(),
+        title="Cast rules (MySQL/MariaDB sources)",
+        description="How MySQL types become PostgreSQL types (README: From MySQL/MariaDB).",
+    )
 
 
 @flow(
@@ -110,9 +117,10 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         params: Source and target connections, the tables and how the chunks run.
     """
     job_id = params.job_id or f"migrate-{current_flow_run_id() or 'local'}"
-    infos = describe_source_tables(params.source, params.schema_name, params.tables)
+    infos = describe_source_tables(params.source, params.schema_name, params.tables, params.casts)
     if params.dry_run:
         publish_plan(job_id, infos, params.chunk_size)
+        publish_cast_plan(job_id, infos)
         return MigrationResult(job_id=job_id, planned=True)
     if params.require_approval and params.replace_existing:
         names = [info.name for info in infos]
@@ -175,7 +183,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
                 info.notes,
             )
         )
-    result = MigrationResult(job_id=job_id, tables=results)
+    result = MigrationResult(job_id=job_id, tables=results, casts=cast_section(infos))
     if result.all_verified:
         result.schema_steps, result.notes = finalize_target_schema(
             params.source, params.target, params.schema_name, infos, params.copy_grants

@@ -12,12 +12,15 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine, inspect, literal, select, text
 
 from custody.chunks import ChunkWork, JobPlan, JobSpec, plan_key_ranges
-from custody.db import is_postgres
+from custody.db import is_mysql, is_postgres
 from custody.errors import CustodyError
 from custody.identifiers import check_name, quote_pg, reflect_table
 from custody.migration.catalog import TableInfo, describe_table, list_tables, needs_byte_order
 from custody.migration.compat import check_target_columns as compat_check
 from custody.migration.generic import describe_table_generic, list_tables_generic
+from custody.migration.mysql import source as mysql_source
+from custody.migration.mysql.casts import CastRules
+from custody.migration.mysql.copy import MySQLRangeCopy
 from custody.migration.objects import (
     comment_statements,
     grant_statements,
@@ -61,6 +64,8 @@ def chunk_work(
 ) -> ChunkWork:
     """Streamed COPY between two PostgreSQL servers; the generic batched path otherwise."""
     rt = runtime()
+    if isinstance(info, mysql_source.MySQLTableInfo) and info.plan is not None:
+        return MySQLRangeCopy(source, target, info.plan, verify)
     src, dst = rt.engine(source), rt.engine(target)
     if both_postgres(src, dst):
         info = with_key_order(src, dst, info)
@@ -82,10 +87,19 @@ def with_key_order(src: Engine, dst: Engine, info: TableInfo) -> TableInfo:
     retry_delay_seconds=2,
     **_NO_CACHE,
 )
-def describe_source_tables(source: str, schema: str, tables: list[str]) -> list[TableInfo]:
-    """The tables to migrate (all of the schema when none are named), checked and described."""
+def describe_source_tables(
+    source: str, schema: str, tables: list[str], casts: CastRules | None = None
+) -> list[TableInfo]:
+    """The tables to migrate (all of the schema when none are named), checked and described.
+
+    A MySQL/MariaDB source is planned under the cast rules (``schema`` is then the target's).
+    """
     rt = runtime()
     engine = rt.engine(source)
+    if is_mysql(engine):
+        return list(
+            mysql_source.describe_mysql_tables(engine, schema, tables, casts or CastRules())
+        )
     postgres = is_postgres(engine)
     if postgres and not schema_exists(engine, schema):
         raise MigrationRefusedError(f"schema {schema!r} does not exist in the source")
@@ -148,6 +162,8 @@ def prepare_target_schema(
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
     names = [t.name for t in tables]
+    if is_mysql(src):
+        return mysql_source.create_target_tables(dst, schema, tables, create_schema)
     if both_postgres(src, dst):
         outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema, copy_grants)
         if outcome == "created":  # never change the structure of a user's own tables
@@ -256,7 +272,8 @@ def plan_migration(
     def ranges() -> list[tuple[Any, Any]]:
         if info.key_column is None:
             return [(None, None)]  # no usable key: one verified chunk, streamed
-        table = reflect_table(src, info.name, info.schema or None)
+        # A MySQL source's "schema" is its connection's database; info.schema is the target's.
+        table = reflect_table(src, info.name, None if is_mysql(src) else info.schema or None)
         ordered = with_key_order(src, dst, info) if both_postgres(src, dst) else info
         planned = plan_key_ranges(
             src, table, info.key_column, spec.chunk_size, byte_order=ordered.byte_order_key
@@ -306,6 +323,8 @@ def finalize_target_schema(
     """
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
+    if is_mysql(src):
+        return mysql_source.finalize_target(dst, tables), []
     if not both_postgres(src, dst):
         return {"post_data_tables": 0, "sequences": 0}, []
     scope = schema_scope(src, schema, [t.name for t in tables])

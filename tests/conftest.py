@@ -29,6 +29,7 @@ from custody.db import dispose_engines, get_engine  # noqa: E402
 from custody.settings import reset_settings_cache  # noqa: E402
 from custody.store import upgrade  # noqa: E402
 from tests.support.env import TEST_KEYS  # noqa: E402
+from tests.support.mariadb import MariaDBFactory  # noqa: E402
 from tests.support.postgres import DatabaseFactory, postgres_server  # noqa: E402
 from tests.support.seaweed import S3Server, seaweed_server  # noqa: E402
 
@@ -56,6 +57,23 @@ def pg_databases(pg_admin_url: str) -> Iterator[DatabaseFactory]:
 def pg_url(pg_databases: DatabaseFactory) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return pg_databases.create()
+
+
+@pytest.fixture(scope="session")
+def mysql_databases() -> Iterator[MariaDBFactory]:
+    """Makes fresh MariaDB databases; all are dropped at the end of the session.
+
+    No server: the session stops at once saying what to install (never a silent skip).
+    """
+    from tests.support.mariadb import DEFAULT_URL, INSTALL_HINT, reachable
+
+    url = os.environ.get("CUSTODY_TEST_MYSQL_URL", DEFAULT_URL)
+    if not reachable(url):
+        pytest.exit(INSTALL_HINT, returncode=3)
+    factory = MariaDBFactory(url)
+    yield factory
+    dispose_engines()
+    factory.drop_all()
 
 
 @pytest.fixture

@@ -40,3 +40,18 @@ def test_signatures_are_enforced(s3_server: S3Server) -> None:
     )
     with pytest.raises(ClientError):
         forged.list_buckets()
+
+
+def test_mariadb_databases_are_fresh_and_reached_through_custody_engines(
+    mysql_databases,  # type: ignore[no-untyped-def]
+) -> None:
+    from sqlalchemy import text
+
+    from custody.db import get_engine, is_mysql
+
+    url = mysql_databases.create("probe")
+    engine = get_engine(url.replace("mariadb://", "mysql://"))
+    assert is_mysql(engine) and engine.dialect.driver == "mariadbconnector"
+    with engine.connect() as c:
+        assert c.execute(text("SELECT DATABASE()")).scalar_one() == url.rsplit("/", 1)[1]
+        assert c.execute(text("SHOW TABLES")).all() == []

@@ -17,6 +17,20 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/custody" ]]; 
   exit 0
 fi
 
+# The MySQL/MariaDB driver (extra "mysql", part of dev) is built against MariaDB Connector/C.
+if ! command -v mariadb_config >/dev/null 2>&1; then
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing libmariadb-dev (headers for the MariaDB driver)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends libmariadb-dev >&2 \
+      || { apt-get update >&2 && apt-get install -y --no-install-recommends libmariadb-dev >&2; }
+  else
+    echo "custody's MySQL/MariaDB driver needs MariaDB Connector/C headers: run" \
+      "'sudo apt-get install libmariadb-dev' (Debian) and try again" >&2
+    exit 2
+  fi
+fi
+
 echo "==> setting up $venv (pinned dependencies, about 1-2 minutes the first time)" >&2
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip uv >&2

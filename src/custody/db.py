@@ -19,10 +19,16 @@ _engines_lock = threading.Lock()
 
 
 def normalise_url(url: str) -> str:
-    """Use psycopg 3 for PostgreSQL URLs that name no driver (``postgresql://``)."""
+    """Pick the drivers custody is tested with for URLs that name none.
+
+    ``postgresql://`` gets psycopg 3; ``mysql://`` and ``mariadb://`` get MariaDB
+    Connector/Python (the ``mysql`` extra), the fastest streaming driver measured here.
+    """
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername="mariadb+mariadbconnector")
     return parsed.render_as_string(hide_password=False)
 
 
@@ -49,6 +55,12 @@ def is_postgres(engine: Engine | Dialect) -> bool:
     """Tell whether the PostgreSQL fast paths (COPY, partitions, advisory locks) apply."""
     dialect = engine if isinstance(engine, Dialect) else engine.dialect
     return dialect.name == "postgresql"
+
+
+def is_mysql(engine: Engine | Dialect) -> bool:
+    """Tell whether the source is MySQL or MariaDB (the cast-rule migration path)."""
+    dialect = engine if isinstance(engine, Dialect) else engine.dialect
+    return dialect.name in ("mysql", "mariadb")
 
 
 def _create(url: str) -> Engine:

@@ -41,7 +41,7 @@ def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
 
 
 def _leaves(annotation: Any) -> list[Any]:
-    """Types inside Optional[...], list[...], unions; Literal kept whole."""
+    """Types inside Optional[...], list[...], dict values, unions; Literal kept whole."""
     if typing.get_origin(annotation) is typing.Literal:
         return [annotation]
     args = typing.get_args(annotation)
@@ -70,6 +70,8 @@ def _schema_enum(prop: dict[str, Any], definitions: dict[str, Any]) -> set[Any] 
                 return found
     if "items" in prop:
         return _schema_enum(prop["items"], definitions)
+    if isinstance(prop.get("additionalProperties"), dict):  # dict[str, Literal[...]]
+        return _schema_enum(prop["additionalProperties"], definitions)
     return None
 
 

@@ -61,6 +61,11 @@ class MigrationResult(BaseModel):
     # reading them, roles the target lacks): names only, never values.
     notes: list[str] = Field(default_factory=list)
     planned: bool = False
+    casts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="MySQL sources: rules that fired, zero dates per column, what was not "
+        "migrated (names and counts only)",
+    )
 
     @property
     def all_verified(self) -> bool:
@@ -93,7 +98,9 @@ class MigrationResult(BaseModel):
             "rows_verified": sum(t.verified_rows for t in self.tables),
             "chunks_failed": sum(t.failed_chunks for t in self.tables),
             "nothing_to_do": self.nothing_to_do,
-        }
+            **({"zero_dates": self.casts["zero_dates"],
+                "not_migrated": len(self.casts["not_migrated"])} if self.casts else {}),
+        }  # fmt: skip
 
 
 def publish_plan(job_id: str, tables: list[TableInfo], chunk_size: int) -> None:
@@ -148,4 +155,8 @@ def publish_result(result: MigrationResult) -> None:
                   *[f"- {n}" for n in gx_notes[:200]]]  # fmt: skip
     if result.notes:
         lines += ["", "## Not migrated", "", *[f"- {n}" for n in result.notes]]
+    if result.casts:
+        from custody.migration.mysql.report import cast_lines
+
+        lines += cast_lines(result.casts)
     publish_markdown(f"migration-report-{result.job_id}", "\n".join(lines))
