@@ -13,6 +13,7 @@ from sqlalchemy import Connection, select, update
 from custody.audit.chain import Keyring, content_digest, link_hash
 from custody.audit.events import AuditEvent
 from custody.db import is_postgres
+from custody.errors import ConfigError
 from custody.store.tables import audit_chain_head, audit_log
 
 COLUMNS = (
@@ -86,10 +87,12 @@ def append_chained(
     if not events:
         raise ValueError("append_chained needs at least one event")
     head = connection.execute(
-        select(audit_chain_head.c.seq, audit_chain_head.c.row_hash)
+        select(audit_chain_head.c.seq, audit_chain_head.c.row_hash, audit_chain_head.c.store_id)
         .where(audit_chain_head.c.id == 1)
         .with_for_update()
     ).one()
+    if head.store_id is None:
+        raise ConfigError("custody's store has no identity yet: run `custody db upgrade`")
     first = int(head.seq) + 1
     chained = _chain(events, recorded_at, keyring, first, str(head.row_hash))
     if is_postgres(connection.dialect):
@@ -110,7 +113,7 @@ def append_chained(
             seq=last,
             row_hash=last_hash,
             key_id=keyring.active_key_id,
-            signature=keyring.sign_head(last, last_hash),
+            signature=keyring.sign_head_v2(head.store_id, last, last_hash, recorded_at),
             updated_at=recorded_at,
         )
     )

@@ -10,8 +10,14 @@ microseconds when non-zero::
 
 ``content = SHA-256(canonical)``; ``row_hash = SHA-256(prev_hash || seq as 8 bytes big-endian ||
 content)`` with hashes as raw bytes (stored as hex); the first event's ``prev_hash`` is 32 zero
-bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``. The chain head (last seq and hash) is
-signed too: ``HMAC-SHA256(key, "custody.audit.head.v1:" || seq as 8 bytes || row_hash)``.
+bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``. The chain head is signed too, binding
+the store's identity, the counter and the time of the last append::
+
+    HMAC-SHA256(key, "custody.audit.head.v2:" || store_id as 16 bytes || seq as 8 bytes ||
+                row_hash || updated_at as 8 bytes of microseconds since the epoch)
+
+(Heads written before store identities existed carry ``"custody.audit.head.v1:" || seq ||
+row_hash``; :func:`custody.audit.verify.verify_chain` accepts them and says so.)
 
 The content digest does not depend on the chain position: a verifier can check content and links
 separately, and name which of the two was tampered with.
@@ -32,6 +38,8 @@ from custody.errors import ConfigError
 CANONICAL_VERSION = "custody.audit.v1"
 GENESIS_HASH = "0" * 64
 HEAD_DOMAIN = b"custody.audit.head.v1:"
+HEAD_V2_DOMAIN = b"custody.audit.head.v2:"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ANCHOR_DOMAIN = b"custody.audit.anchor.v1:"
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 
@@ -109,6 +117,32 @@ class Keyring:
         """
         mac = self._macs[key_id or self.active_key_id].copy()
         mac.update(HEAD_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(row_hash))
+        return mac.hexdigest()
+
+    def sign_head_v2(
+        self,
+        store_id: UUID | str,
+        seq: int,
+        row_hash: str,
+        at: dt.datetime,
+        key_id: str | None = None,
+    ) -> str:
+        """HMAC of the chain head with the store's identity and the time of the last append.
+
+        The store id keeps a head (and the chain under it) from another store signed with the
+        same key from standing in for this one; the counter and time let a verifier tell an
+        earlier head put back from the current one, given a copy of a later one kept outside the
+        database (an anchor).
+        """
+        micros = (at - _EPOCH) // dt.timedelta(microseconds=1)
+        mac = self._macs[key_id or self.active_key_id].copy()
+        mac.update(
+            HEAD_V2_DOMAIN
+            + UUID(str(store_id)).bytes
+            + seq.to_bytes(8, "big")
+            + bytes.fromhex(row_hash)
+            + micros.to_bytes(8, "big", signed=True)
+        )
         return mac.hexdigest()
 
     def sign_anchor(self, payload: bytes, key_id: str | None = None) -> str:
