@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     dask_workers: int = Field(
         default=2, ge=1, le=64, description="Worker processes of the per-run local Dask cluster."
     )
+    audit_max_clock_skew_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="How far ahead of the writer's clock an audit event's occurred_at may be; "
+        "later ones are refused (a future-dated event would block partition upkeep).",
+    )
     audit_anchor_after_runs: bool = Field(
         default=True,
         description="Anchor the audit chain head in the object store at the end of every flow "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -12,12 +13,13 @@ from sqlalchemy import Connection, Engine
 
 from custody.audit.append import append_chained
 from custody.audit.chain import Keyring
-from custody.audit.events import AuditEvent, Severity
+from custody.audit.events import AuditEvent, Severity, check_not_future
 from custody.db import get_engine, utc_now, write_transaction
 from custody.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 CriticalListener = Callable[[AuditEvent, int], None]
 """Called with each critical event and its sequence number once it is durably written."""
 
@@ -47,10 +49,15 @@ class AuditLog:
         engine: Engine,
         keyring: Keyring,
         critical_listeners: Iterable[CriticalListener] = (),
+        max_clock_skew: dt.timedelta = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
-        """Write to ``engine``'s audit_log, signing with ``keyring``'s active key."""
+        """Write to ``engine``'s audit_log, signing with ``keyring``'s active key.
+
+        Events dated more than ``max_clock_skew`` ahead of this process's clock are refused.
+        """
         self.engine = engine
         self.keyring = keyring
+        self.max_clock_skew = max_clock_skew
         self._critical_listeners = list(critical_listeners)
 
     @classmethod
@@ -62,7 +69,12 @@ class AuditLog:
         """Build from ``CUSTODY_DATABASE_URL`` and ``CUSTODY_HMAC_KEYS``."""
         settings = settings or get_settings()
         active, keys = settings.require_hmac_keys()
-        return cls(get_engine(settings.store_url()), Keyring(active, keys), critical_listeners)
+        return cls(
+            get_engine(settings.store_url()),
+            Keyring(active, keys),
+            critical_listeners,
+            dt.timedelta(seconds=settings.audit_max_clock_skew_seconds),
+        )
 
     def add_critical_listener(self, listener: CriticalListener) -> None:
         """Announce critical events somewhere else too (Prefect events, paging)."""
@@ -92,7 +104,9 @@ class AuditLog:
 
         Critical listeners are not called here: the caller's transaction may still roll back.
         """
-        first, last, head = append_chained(connection, events, utc_now(), self.keyring)
+        now = utc_now()
+        check_not_future(events, self.max_clock_skew, now)
+        first, last, head = append_chained(connection, events, now, self.keyring)
         return AppendResult(first, last, head)
 
     def log_critical(self, event: AuditEvent) -> AppendResult:
@@ -136,7 +150,12 @@ class BufferedAuditWriter:
         self._timer.start()
 
     def write(self, event: AuditEvent) -> None:
-        """Queue one event (critical ones are written immediately)."""
+        """Queue one event (critical ones are written immediately).
+
+        Raises:
+            FutureEventError: the event is dated beyond the allowed clock skew (not queued).
+        """
+        check_not_future((event,), self._log.max_clock_skew)
         self._raise_pending_error()
         if event.severity is Severity.CRITICAL:
             self._log.log_critical(event)
