@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import orjson
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Connection, select, update
 
-from custody.audit.chain import Keyring, content_digest, link_hash
+from custody.audit.chain import Keyring, content_digest
 from custody.audit.events import AuditEvent
 from custody.db import is_postgres
 from custody.errors import ConfigError
@@ -127,8 +128,15 @@ def _chain(
     first_seq: int,
     prev: str,
 ) -> Iterator[tuple[Any, ...]]:
+    """Rows ready for COPY, chained and signed.
+
+    Same hashes as :func:`link_hash` and :meth:`Keyring.sign`, with the previous hash kept as
+    bytes (no hex round trip per event) and a one-shot HMAC.
+    """
     key_id = keyring.active_key_id
-    sign = keyring.sign
+    sign = keyring.row_signer()
+    sha256 = hashlib.sha256
+    prev_raw = bytes.fromhex(prev)
     for seq, e in enumerate(events, start=first_seq):
         digest = content_digest(
             e.event_id,
@@ -146,7 +154,9 @@ def _chain(
             e.retention_days,
             e.details,
         )
-        row_hash = link_hash(prev, seq, digest)
+        raw = sha256(prev_raw + seq.to_bytes(8, "big") + digest).digest()
+        row_hash = raw.hex()
+        # Enum members are str subclasses: COPY writes their value as is.
         yield (
             seq,
             e.occurred_at,
@@ -154,21 +164,21 @@ def _chain(
             e.event_id,
             e.principal,
             e.action,
-            e.status.value,
-            e.severity.value,
+            e.status,
+            e.severity,
             e.resource_type,
             e.resource_id,
             e.correlation_id,
             e.regulation,
-            e.data_classification.value,
+            e.data_classification,
             e.retention_days,
             e.details,
             prev,
             row_hash,
             key_id,
-            sign(row_hash),
+            sign(raw),
         )
-        prev = row_hash
+        prev, prev_raw = row_hash, raw
 
 
 def _copy_rows(connection: Connection, rows: Iterable[tuple[Any, ...]]) -> str:

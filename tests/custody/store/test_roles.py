@@ -153,7 +153,7 @@ def test_every_table_of_the_store_has_a_policy_and_the_roles_match_it(granted: R
 def test_ingest_appends_through_auditlog_and_the_chain_verifies(granted: RoleStore) -> None:
     audit = AuditLog(granted.ingest(), KEYRING)
     audit.log_batch(list(phi_events(500)))  # COPY into the partitioned parent
-    with audit.buffered(max_events=100, max_delay_s=5) as writer:
+    with audit.buffered(max_events=100) as writer:
         for event in phi_events(250, start=500):
             writer.write(event)
     result = verify_chain(granted.reporting(), KEYRING)
