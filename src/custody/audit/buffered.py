@@ -182,8 +182,11 @@ class BufferedAuditWriter:
                 if not self._queue:
                     return
                 n = min(len(self._queue), self._max_events)
-                popleft = self._queue.popleft
-                batch = [popleft() for _ in range(n)]
+                if n == len(self._queue):  # the usual case: take the whole queue in O(1)
+                    batch, self._queue = self._queue, deque()
+                else:
+                    popleft = self._queue.popleft
+                    batch = deque(popleft() for _ in range(n))
             try:
                 result = self._log.log_batch(batch)
             except Exception as exc:
