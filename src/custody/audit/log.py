@@ -122,8 +122,14 @@ class AuditLog:
         max_events: int = 5_000,
         max_queue: int = 50_000,
         on_commit: CommitListener | None = None,
+        max_delay_s: float | None = None,
     ) -> BufferedAuditWriter:
-        """A group-commit writer for high-volume producers (:mod:`custody.audit.buffered`)."""
+        """A group-commit writer for high-volume producers (:mod:`custody.audit.buffered`).
+
+        ``max_delay_s`` is accepted for callers of the earlier timer-based writer and has no
+        effect: events are written as soon as the previous write committed.
+        """
+        del max_delay_s
         from custody.audit.buffered import BufferedAuditWriter
 
         return BufferedAuditWriter(
