@@ -65,7 +65,7 @@ def content_digest(
     canonical = orjson.dumps(
         [
             CANONICAL_VERSION,
-            str(event_id),
+            event_id,  # orjson writes a UUID exactly as str() does, without the detour
             occurred_at,
             recorded_at,
             principal,
