@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
+
 from custody.audit.events import AuditEvent, Severity, check_not_future
 from custody.errors import AuditChainError
 
@@ -81,6 +83,7 @@ class BufferedAuditWriter:
         self._error: BaseException | None = None
         self._failed_at: float | None = None
         self._closing = False
+        self._connection: Connection | None = None
         self._thread = threading.Thread(target=self._run, name="audit-flusher", daemon=True)
         self._thread.start()
 
@@ -174,6 +177,13 @@ class BufferedAuditWriter:
             self._cond.wait(remaining)
 
     def _run(self) -> None:
+        try:
+            self._flush_loop()
+        finally:
+            if self._connection is not None:
+                self._connection.close()
+
+    def _flush_loop(self) -> None:
         retry_s = _RETRY_FIRST_S
         while True:
             with self._cond:
@@ -188,9 +198,13 @@ class BufferedAuditWriter:
                     popleft = self._queue.popleft
                     batch = deque(popleft() for _ in range(n))
             try:
-                result = self._log.log_batch(batch)
+                result = self._append(batch)
             except Exception as exc:
                 logger.warning("buffered audit write failed; will retry: %s", type(exc).__name__)
+                if self._connection is not None:
+                    self._connection.invalidate()  # a fresh one next time: it may be broken
+                    self._connection.close()
+                    self._connection = None
                 with self._cond:
                     self._queue.extendleft(reversed(batch))
                     if self._error is None:
@@ -212,3 +226,15 @@ class BufferedAuditWriter:
                     self._on_commit(batch, result)
                 except Exception:
                     logger.exception("buffered audit writer: on_commit listener failed")
+
+    def _append(self, batch: Sequence[AuditEvent]) -> AppendResult:
+        """One transaction on the writer's own connection.
+
+        The connection is kept for the writer's life: no pool checkout and pre-ping per
+        transaction (a round trip each, which costs most when the server is busy).
+        """
+        if self._connection is None:
+            engine = self._log.engine.execution_options(custody_write=True)
+            self._connection = engine.connect()
+        with self._connection.begin():
+            return self._log.append_in(self._connection, batch)
