@@ -6,6 +6,7 @@ connections and keys).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -53,7 +54,12 @@ def runtime() -> Runtime:
             "(it uses CUSTODY_DATABASE_URL)"
         )
     active, keys = settings.require_hmac_keys()
-    audit = AuditLog(store, Keyring(active, keys), critical_listeners=[emit_critical_event])
+    audit = AuditLog(
+        store,
+        Keyring(active, keys),
+        critical_listeners=[emit_critical_event],
+        max_clock_skew=dt.timedelta(seconds=settings.audit_max_clock_skew_seconds),
+    )
     return Runtime(settings=settings, store=store, audit=audit, ledger=Ledger(store))
 
 

@@ -6,7 +6,8 @@ REVOKE ALL ON TABLE "public"."audit_log" FROM "custody_ingest", "custody_reporti
 GRANT SELECT, INSERT ON TABLE "public"."audit_log" TO "custody_ingest";
 GRANT SELECT ON TABLE "public"."audit_log" TO "custody_reporting";
 REVOKE ALL ON TABLE "public"."audit_chain_head" FROM "custody_ingest", "custody_reporting";
-GRANT SELECT, UPDATE ON TABLE "public"."audit_chain_head" TO "custody_ingest";
+GRANT SELECT ON TABLE "public"."audit_chain_head" TO "custody_ingest";
+GRANT UPDATE ("seq", "row_hash", "key_id", "signature", "updated_at") ON TABLE "public"."audit_chain_head" TO "custody_ingest";
 GRANT SELECT ON TABLE "public"."audit_chain_head" TO "custody_reporting";
 REVOKE ALL ON TABLE "public"."jobs" FROM "custody_ingest", "custody_reporting";
 GRANT SELECT, INSERT ON TABLE "public"."jobs" TO "custody_ingest";

@@ -212,17 +212,26 @@ def _audit_verify(args: argparse.Namespace) -> int:
     output: dict[str, object] = {**result.__dict__}
     lines = [result.describe()]
     ok = result.ok
+    from custody.audit.anchors import witness
+    from custody.storage import open_store
+
+    objects = open_store(args.store)
+    if result.ok:
+        # Always: only a copy outside the database tells an earlier head put back (issue 15.3).
+        seen = witness(result, keyring, objects, args.prefix)
+        output["witness"] = seen.__dict__
+        lines.append(seen.describe())
+        ok = ok and seen.ok
     if getattr(args, "anchors", False):
         from custody.audit.anchors import check_anchors
-        from custody.storage import open_store
 
-        anchors = check_anchors(_store(), keyring, open_store(args.store), args.prefix)
+        anchors = check_anchors(_store(), keyring, objects, args.prefix)
         output["anchors"] = anchors.__dict__
         lines.append(anchors.describe())
         # Asked to check anchors and found none: that must not read as a pass.
         ok = ok and anchors.ok and anchors.anchors_checked > 0
     if args.json:
-        print(json.dumps({**output, "seconds": round(time.monotonic() - started, 3)}))
+        print(json.dumps({**output, "seconds": round(time.monotonic() - started, 3)}, default=str))
     else:
         print("\n".join(lines))
     return 0 if ok else 1

@@ -95,6 +95,27 @@ class Settings(BaseSettings):
     dask_workers: int = Field(
         default=2, ge=1, le=64, description="Worker processes of the per-run local Dask cluster."
     )
+    audit_max_clock_skew_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="How far ahead of the writer's clock an audit event's occurred_at may be; "
+        "later ones are refused (a future-dated event would block partition upkeep).",
+    )
+    audit_anchor_after_runs: bool = Field(
+        default=True,
+        description="Anchor the audit chain head in the object store at the end of every flow "
+        "run, so that an earlier head put back in the database is seen (SECURITY.md).",
+    )
+    audit_anchor_prefix: str = Field(
+        default="audit-anchors", description="Key prefix of the anchors in the object store."
+    )
+    audit_anchor_lock: Literal["none", "governance", "compliance"] = Field(
+        default="compliance", description="Object Lock mode of the anchors written after runs."
+    )
+    audit_anchor_keep_days: int = Field(
+        default=2190, ge=1, le=36_500, description="Retention of each anchor (HIPAA: six years)."
+    )
 
     lab_inbox_roots: list[Path] = Field(
         default_factory=list,

@@ -85,13 +85,14 @@ def rewrite_chain_from(engine: Engine, keyring: Keyring, seq: int) -> None:
             )
             prev = row_hash
         last = rows[-1].seq
+        head = connection.execute(select(audit_chain_head)).one()
         connection.execute(
             update(audit_chain_head)
             .where(audit_chain_head.c.id == 1)
             .values(
                 row_hash=prev,
                 key_id=keyring.active_key_id,
-                signature=keyring.sign_head(last, prev),
+                signature=keyring.sign_head_v2(head.store_id, last, prev, head.updated_at),
             )
         )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,14 @@ TEST_KEYS = {
     "k1": "k1-test-key-0123456789abcdef0123456789",
     "k2": "k2-test-key-abcdef0123456789abcdef0123",
 }
+# Flows anchor the audit chain head in <work_dir>/objects after every run: one work directory per
+# store, so anchors of one test's store never meet another's (and none land in the checkout).
+_WORK_ROOT = Path(tempfile.mkdtemp(prefix="custody-test-work-"))
+
+
+def work_dir_for(store_url: str) -> Path:
+    """The work directory (and so the default object store) of one test store."""
+    return _WORK_ROOT / hashlib.sha256(store_url.encode()).hexdigest()[:16]
 
 
 def custody_env(
@@ -25,6 +36,7 @@ def custody_env(
         "CUSTODY_DATABASE_URL": store_url,
         "CUSTODY_HMAC_KEYS": json.dumps(keys or TEST_KEYS),
         "CUSTODY_HMAC_ACTIVE_KEY_ID": active_key,
+        "CUSTODY_WORK_DIR": str(work_dir_for(store_url)),
     }
     for name, url in (connections or {}).items():
         env[f"CUSTODY_CONNECTIONS__{name.upper()}"] = url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -10,9 +11,10 @@ import orjson
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Connection, select, update
 
-from custody.audit.chain import Keyring, content_digest, link_hash
+from custody.audit.chain import Keyring, content_digest
 from custody.audit.events import AuditEvent
 from custody.db import is_postgres
+from custody.errors import ConfigError
 from custody.store.tables import audit_chain_head, audit_log
 
 COLUMNS = (
@@ -86,10 +88,12 @@ def append_chained(
     if not events:
         raise ValueError("append_chained needs at least one event")
     head = connection.execute(
-        select(audit_chain_head.c.seq, audit_chain_head.c.row_hash)
+        select(audit_chain_head.c.seq, audit_chain_head.c.row_hash, audit_chain_head.c.store_id)
         .where(audit_chain_head.c.id == 1)
         .with_for_update()
     ).one()
+    if head.store_id is None:
+        raise ConfigError("custody's store has no identity yet: run `custody db upgrade`")
     first = int(head.seq) + 1
     chained = _chain(events, recorded_at, keyring, first, str(head.row_hash))
     if is_postgres(connection.dialect):
@@ -110,7 +114,7 @@ def append_chained(
             seq=last,
             row_hash=last_hash,
             key_id=keyring.active_key_id,
-            signature=keyring.sign_head(last, last_hash),
+            signature=keyring.sign_head_v2(head.store_id, last, last_hash, recorded_at),
             updated_at=recorded_at,
         )
     )
@@ -124,8 +128,15 @@ def _chain(
     first_seq: int,
     prev: str,
 ) -> Iterator[tuple[Any, ...]]:
+    """Rows ready for COPY, chained and signed.
+
+    Same hashes as :func:`link_hash` and :meth:`Keyring.sign`, with the previous hash kept as
+    bytes (no hex round trip per event) and a one-shot HMAC.
+    """
     key_id = keyring.active_key_id
-    sign = keyring.sign
+    sign = keyring.row_signer()
+    sha256 = hashlib.sha256
+    prev_raw = bytes.fromhex(prev)
     for seq, e in enumerate(events, start=first_seq):
         digest = content_digest(
             e.event_id,
@@ -143,7 +154,9 @@ def _chain(
             e.retention_days,
             e.details,
         )
-        row_hash = link_hash(prev, seq, digest)
+        raw = sha256(prev_raw + seq.to_bytes(8, "big") + digest).digest()
+        row_hash = raw.hex()
+        # Enum members are str subclasses: COPY writes their value as is.
         yield (
             seq,
             e.occurred_at,
@@ -151,21 +164,21 @@ def _chain(
             e.event_id,
             e.principal,
             e.action,
-            e.status.value,
-            e.severity.value,
+            e.status,
+            e.severity,
             e.resource_type,
             e.resource_id,
             e.correlation_id,
             e.regulation,
-            e.data_classification.value,
+            e.data_classification,
             e.retention_days,
             e.details,
             prev,
             row_hash,
             key_id,
-            sign(row_hash),
+            sign(raw),
         )
-        prev = row_hash
+        prev, prev_raw = row_hash, raw
 
 
 def _copy_rows(connection: Connection, rows: Iterable[tuple[Any, ...]]) -> str:

@@ -10,8 +10,14 @@ microseconds when non-zero::
 
 ``content = SHA-256(canonical)``; ``row_hash = SHA-256(prev_hash || seq as 8 bytes big-endian ||
 content)`` with hashes as raw bytes (stored as hex); the first event's ``prev_hash`` is 32 zero
-bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``. The chain head (last seq and hash) is
-signed too: ``HMAC-SHA256(key, "custody.audit.head.v1:" || seq as 8 bytes || row_hash)``.
+bytes; ``signature = HMAC-SHA256(key[key_id], row_hash)``. The chain head is signed too, binding
+the store's identity, the counter and the time of the last append::
+
+    HMAC-SHA256(key, "custody.audit.head.v2:" || store_id as 16 bytes || seq as 8 bytes ||
+                row_hash || updated_at as 8 bytes of microseconds since the epoch)
+
+(Heads written before store identities existed carry ``"custody.audit.head.v1:" || seq ||
+row_hash``; :func:`custody.audit.verify.verify_chain` accepts them and says so.)
 
 The content digest does not depend on the chain position: a verifier can check content and links
 separately, and name which of the two was tampered with.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -32,6 +39,8 @@ from custody.errors import ConfigError
 CANONICAL_VERSION = "custody.audit.v1"
 GENESIS_HASH = "0" * 64
 HEAD_DOMAIN = b"custody.audit.head.v1:"
+HEAD_V2_DOMAIN = b"custody.audit.head.v2:"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ANCHOR_DOMAIN = b"custody.audit.anchor.v1:"
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 
@@ -56,7 +65,7 @@ def content_digest(
     canonical = orjson.dumps(
         [
             CANONICAL_VERSION,
-            str(event_id),
+            event_id,  # orjson writes a UUID exactly as str() does, without the detour
             occurred_at,
             recorded_at,
             principal,
@@ -89,7 +98,30 @@ class Keyring:
         if active_key_id not in keys:
             raise ConfigError(f"active HMAC key id {active_key_id!r} is not among the keys")
         self.active_key_id = active_key_id
+        self._keys = dict(keys)
         self._macs = {kid: hmac.new(key, digestmod=hashlib.sha256) for kid, key in keys.items()}
+
+    def row_signer(self, key_id: str | None = None) -> Callable[[bytes], str]:
+        """A fast ``sign`` for the append path: takes the raw 32-byte row hash, returns hex.
+
+        Same result as :meth:`sign`: HMAC-SHA256 (RFC 2104) from prepared inner and outer
+        SHA-256 states, which costs about a third less per row than copying an ``hmac`` object.
+        """
+        key = self._keys[key_id or self.active_key_id]
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+        def sign(row_hash: bytes) -> str:
+            i = inner.copy()
+            i.update(row_hash)
+            o = outer.copy()
+            o.update(i.digest())
+            return o.hexdigest()
+
+        return sign
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -109,6 +141,32 @@ class Keyring:
         """
         mac = self._macs[key_id or self.active_key_id].copy()
         mac.update(HEAD_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(row_hash))
+        return mac.hexdigest()
+
+    def sign_head_v2(
+        self,
+        store_id: UUID | str,
+        seq: int,
+        row_hash: str,
+        at: dt.datetime,
+        key_id: str | None = None,
+    ) -> str:
+        """HMAC of the chain head with the store's identity and the time of the last append.
+
+        The store id keeps a head (and the chain under it) from another store signed with the
+        same key from standing in for this one; the counter and time let a verifier tell an
+        earlier head put back from the current one, given a copy of a later one kept outside the
+        database (an anchor).
+        """
+        micros = (at - _EPOCH) // dt.timedelta(microseconds=1)
+        mac = self._macs[key_id or self.active_key_id].copy()
+        mac.update(
+            HEAD_V2_DOMAIN
+            + UUID(str(store_id)).bytes
+            + seq.to_bytes(8, "big")
+            + bytes.fromhex(row_hash)
+            + micros.to_bytes(8, "big", signed=True)
+        )
         return mac.hexdigest()
 
     def sign_anchor(self, payload: bytes, key_id: str | None = None) -> str:

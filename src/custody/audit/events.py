@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 from enum import Enum, StrEnum
 from typing import Any
@@ -13,9 +14,37 @@ from uuid import UUID, uuid4
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from custody.db import utc_now
+from custody.errors import CustodyError
 
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 _MAX_SAFE_INT = 2**53
+
+
+class FutureEventError(CustodyError, ValueError):
+    """An event dated further ahead than the allowed clock skew: refused before it is queued.
+
+    A future-dated event would sit in a month no partition covers yet and, once its month's
+    partition is created, be where PostgreSQL's checks trip over it (issue 15 item 8).
+    """
+
+
+def check_not_future(
+    events: Iterable[AuditEvent], max_skew: dt.timedelta, now: dt.datetime | None = None
+) -> None:
+    """Refuse any event whose ``occurred_at`` lies more than ``max_skew`` ahead of ``now``.
+
+    Raises:
+        FutureEventError: naming the event id and how far ahead it is (never its content).
+    """
+    limit = (now or utc_now()) + max_skew
+    for event in events:
+        if event.occurred_at > limit:
+            ahead = (event.occurred_at - limit + max_skew).total_seconds()
+            raise FutureEventError(
+                f"audit event {event.event_id}: occurred_at is {ahead:.0f} s in the future, "
+                f"more than the allowed clock skew of {max_skew.total_seconds():.0f} s "
+                "(CUSTODY_AUDIT_MAX_CLOCK_SKEW_SECONDS); fix the producer's clock or timestamp"
+            )
 
 
 class AuditStatus(StrEnum):

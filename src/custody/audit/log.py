@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
 from custody.audit.append import append_chained
 from custody.audit.chain import Keyring
-from custody.audit.events import AuditEvent, Severity
+from custody.audit.events import AuditEvent, Severity, check_not_future
 from custody.db import get_engine, utc_now, write_transaction
 from custody.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from custody.audit.buffered import BufferedAuditWriter, CommitListener
+
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 CriticalListener = Callable[[AuditEvent, int], None]
 """Called with each critical event and its sequence number once it is durably written."""
 
@@ -47,10 +51,15 @@ class AuditLog:
         engine: Engine,
         keyring: Keyring,
         critical_listeners: Iterable[CriticalListener] = (),
+        max_clock_skew: dt.timedelta = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
-        """Write to ``engine``'s audit_log, signing with ``keyring``'s active key."""
+        """Write to ``engine``'s audit_log, signing with ``keyring``'s active key.
+
+        Events dated more than ``max_clock_skew`` ahead of this process's clock are refused.
+        """
         self.engine = engine
         self.keyring = keyring
+        self.max_clock_skew = max_clock_skew
         self._critical_listeners = list(critical_listeners)
 
     @classmethod
@@ -62,7 +71,12 @@ class AuditLog:
         """Build from ``CUSTODY_DATABASE_URL`` and ``CUSTODY_HMAC_KEYS``."""
         settings = settings or get_settings()
         active, keys = settings.require_hmac_keys()
-        return cls(get_engine(settings.store_url()), Keyring(active, keys), critical_listeners)
+        return cls(
+            get_engine(settings.store_url()),
+            Keyring(active, keys),
+            critical_listeners,
+            dt.timedelta(seconds=settings.audit_max_clock_skew_seconds),
+        )
 
     def add_critical_listener(self, listener: CriticalListener) -> None:
         """Announce critical events somewhere else too (Prefect events, paging)."""
@@ -92,7 +106,9 @@ class AuditLog:
 
         Critical listeners are not called here: the caller's transaction may still roll back.
         """
-        first, last, head = append_chained(connection, events, utc_now(), self.keyring)
+        now = utc_now()
+        check_not_future(events, self.max_clock_skew, now)
+        first, last, head = append_chained(connection, events, now, self.keyring)
         return AppendResult(first, last, head)
 
     def log_critical(self, event: AuditEvent) -> AppendResult:
@@ -101,9 +117,24 @@ class AuditLog:
             event = event.model_copy(update={"severity": Severity.CRITICAL})
         return self.log_batch([event])
 
-    def buffered(self, max_events: int = 5_000, max_delay_s: float = 1.0) -> BufferedAuditWriter:
-        """A writer that batches events by size or age: for high-volume producers."""
-        return BufferedAuditWriter(self, max_events=max_events, max_delay_s=max_delay_s)
+    def buffered(
+        self,
+        max_events: int = 5_000,
+        max_queue: int = 50_000,
+        on_commit: CommitListener | None = None,
+        max_delay_s: float | None = None,
+    ) -> BufferedAuditWriter:
+        """A group-commit writer for high-volume producers (:mod:`custody.audit.buffered`).
+
+        ``max_delay_s`` is accepted for callers of the earlier timer-based writer and has no
+        effect: events are written as soon as the previous write committed.
+        """
+        del max_delay_s
+        from custody.audit.buffered import BufferedAuditWriter
+
+        return BufferedAuditWriter(
+            self, max_events=max_events, max_queue=max_queue, on_commit=on_commit
+        )
 
     def _announce(self, event: AuditEvent, seq: int) -> None:
         for listener in self._critical_listeners:
@@ -112,81 +143,3 @@ class AuditLog:
             except Exception:
                 # The event is already durable in audit_log; a failing notifier must not undo it.
                 logger.exception("critical-event listener failed for audit seq %s", seq)
-
-
-class BufferedAuditWriter:
-    """Collects events and appends them in batches, by size or every ``max_delay_s`` seconds.
-
-    A failed flush keeps its events and re-raises on the next call, so nothing is dropped
-    silently. Critical events bypass the buffer: they are written at once.
-    """
-
-    def __init__(self, audit_log: AuditLog, max_events: int, max_delay_s: float) -> None:
-        """Start the background flusher."""
-        if max_events < 1 or max_delay_s <= 0:
-            raise ValueError("max_events must be >= 1 and max_delay_s > 0")
-        self._log = audit_log
-        self._max_events = max_events
-        self._max_delay_s = max_delay_s
-        self._pending: list[AuditEvent] = []
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
-        self._closed = threading.Event()
-        self._timer = threading.Thread(target=self._tick, name="audit-flusher", daemon=True)
-        self._timer.start()
-
-    def write(self, event: AuditEvent) -> None:
-        """Queue one event (critical ones are written immediately)."""
-        self._raise_pending_error()
-        if event.severity is Severity.CRITICAL:
-            self._log.log_critical(event)
-            return
-        with self._lock:
-            self._pending.append(event)
-            full = len(self._pending) >= self._max_events
-        if full:
-            self.flush()
-
-    def flush(self) -> AppendResult | None:
-        """Write everything queued; the events stay queued if the write fails."""
-        with self._lock:
-            if not self._pending:
-                return None
-            batch, self._pending = self._pending, []
-            try:
-                return self._log.log_batch(batch)
-            except BaseException:
-                self._pending = batch + self._pending
-                raise
-
-    def close(self) -> None:
-        """Stop the flusher and write what is left."""
-        self._closed.set()
-        self._timer.join()
-        self._raise_pending_error()
-        self.flush()
-
-    def __enter__(self) -> BufferedAuditWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _tick(self) -> None:
-        while not self._closed.wait(self._max_delay_s):
-            try:
-                self.flush()
-            except Exception as exc:  # surfaced to the producer on its next call
-                logger.warning("buffered audit flush failed; will retry: %s", type(exc).__name__)
-                self._error = exc
-
-    def _raise_pending_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            self.flush()  # retry now; raises again if the store is still unavailable
-            logger.info("buffered audit flush recovered after %s", type(error).__name__)

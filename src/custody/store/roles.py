@@ -64,7 +64,9 @@ POLICY: dict[str, TablePolicy] = {
         ("SELECT", "INSERT"), why="append only; SELECT for run summaries and verification"
     ),
     "audit_chain_head": TablePolicy(
-        ("SELECT", "UPDATE"), why="appends lock and move the signed head (no INSERT/DELETE)"
+        ("SELECT",),
+        update_columns=("seq", "row_hash", "key_id", "signature", "updated_at"),
+        why="appends lock and move the signed head (no INSERT/DELETE; the store id is fixed)",
     ),
     "jobs": TablePolicy(
         ("SELECT", "INSERT"),

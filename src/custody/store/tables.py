@@ -54,6 +54,7 @@ audit_chain_head = Table(
     Column("key_id", Text),
     Column("signature", Text),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("store_id", Text),  # random, set once by migration 0005; signed into the head
 )
 
 jobs = Table(
