@@ -8,7 +8,6 @@ from datetime import time as dtime
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from custody.archive.report import (
@@ -37,6 +36,7 @@ from tasks.audit import publish_audit_artifacts, record_event
 from tasks.cancellation import audit_cancellation, audit_failure
 from tasks.chunks import run_chunks
 from tasks.concurrency import one_archival_per_database
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 
 HIPAA_SIX_YEARS = 2190
@@ -281,7 +281,7 @@ def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
     publish_result(result, open_store(params.destination).location(params.prefix))
     publish_audit_artifacts(f"archive-{job_id}")
     if result.status != "success":
-        return Failed(message=f"archive {job_id}: {result.status}", data=result)
+        return failed(f"archive {job_id}: {result.status}", result)
     return result
 
 

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from custody.audit import AuditStatus
@@ -16,6 +15,7 @@ from custody.reports.model import ReportType
 from custody.storage import check_prefix, open_store
 from flows.params import check_timezone
 from tasks.audit import publish_audit_artifacts, record_event
+from tasks.outcomes import failed
 from tasks.reports import generate_report
 
 BY_REGULATION: dict[str, list[ReportType]] = {
@@ -173,7 +173,7 @@ def compliance_report(params: ReportParams) -> ReportRun | State[ReportRun]:
     _publish(run, params)
     publish_audit_artifacts(f"report-{current_flow_run_id() or 'local'}")
     if run.failed:
-        return Failed(message=f"report types failed: {', '.join(run.failed)}", data=run)
+        return failed(f"report types failed: {', '.join(run.failed)}", run)
     return run
 
 

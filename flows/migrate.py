@@ -7,7 +7,6 @@ from typing import Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
@@ -28,6 +27,7 @@ from tasks.migration import (
     plan_migration,
     prepare_target_schema,
 )
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 from tasks.runtime import runtime
 
@@ -169,7 +169,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
     publish_result(result)
     publish_audit_artifacts(f"migrate-{job_id}")
     if result.status != "success":
-        return Failed(message=f"migration {job_id}: {result.status}", data=result)
+        return failed(f"migration {job_id}: {result.status}", result)
     return result
 
 

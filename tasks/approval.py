@@ -25,7 +25,6 @@ from prefect.client.schemas.objects import State
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.states import Cancelled, Failed
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import inspect, literal, select
 
@@ -34,6 +33,7 @@ from custody.db import is_postgres
 from custody.identifiers import reflect_table
 from custody.prefect_glue import current_flow_run_id, publish_markdown
 from custody.store.tables import audit_log
+from tasks.outcomes import cancelled, expect_pause_timeout, failed
 from tasks.runtime import runtime
 
 APPROVER = r"^[a-z][a-z0-9._-]{1,62}(@[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+)?$"
@@ -105,15 +105,12 @@ class ApprovalDecision(BaseModel):
     def stopped(self, result: Any) -> State[Any]:
         """The final state of a run that was not approved (nothing was changed)."""
         if self.outcome == "denied":
-            return Cancelled(
-                message=f"{self.job_id}: denied by {self.approver}; nothing was changed",
-                data=result,
+            return cancelled(
+                f"{self.job_id}: denied by {self.approver}; nothing was changed", result
             )
         # Prefect replaces this message: after a pause times out the server fails the run with
         # "never resumed". The audit log has approval.timed_out.
-        return Failed(
-            message=f"{self.job_id}: not approved in time; nothing was changed", data=result
-        )
+        return failed(f"{self.job_id}: not approved in time; nothing was changed", result)
 
 
 def _event(
@@ -210,6 +207,7 @@ def await_approval(request: ApprovalRequest, timeout_s: int) -> ApprovalDecision
             poll_interval=runtime().settings.approval_poll_seconds,
         )
     except FlowPauseTimeout:
+        expect_pause_timeout()
         seq = record_approval(request, "timed_out", None)
         logger.warning("Job %s: not approved within %s s; nothing changed", request.job_id,
                        timeout_s)  # fmt: skip

@@ -17,7 +17,6 @@ import time
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from custody.audit import AuditStatus, DataClassification
@@ -30,6 +29,7 @@ from flows.params import CONNECTION, SqlName
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.examples.export import prepare_export
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 
 # Job ids become object-key segments here, so no ':' (allowed in other flows' job ids).
@@ -153,7 +153,5 @@ def export_table(params: ExportTableParams) -> BatchResult | State[BatchResult]:
     publish_link(f"{title}-location", location, f"Objects of export job {job_id}")
     publish_audit_artifacts(title)
     if result.failed:
-        return Failed(
-            message=f"{result.failed} of {result.total} chunks failed (job {job_id})", data=result
-        )
+        return failed(f"{result.failed} of {result.total} chunks failed (job {job_id})", result)
     return result
