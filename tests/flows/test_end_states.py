@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,23 @@ def _state(api: str, run_id: str) -> dict[str, Any]:
     return state
 
 
+def _registered(url: str, proc: subprocess.Popen[bytes]) -> bool:
+    return api_call("GET", url).status_code == 200 or proc.poll() is not None
+
+
+def _final(api: str, run_id: str) -> dict[str, Any] | None:
+    state = _state(api, run_id)
+    return state if state["type"] in FINAL else None
+
+
+def _logged_end(api: str, run_id: str) -> bool:
+    return any("stopped as planned" in x["message"] for x in run_logs(api, run_id))
+
+
+def _log_text(api: str, run_id: str) -> str:
+    return f"the end of {run_id}'s logs: {[x['message'] for x in run_logs(api, run_id)]}"
+
+
 def run_logs(api: str, run_id: str, min_level: int = 0) -> list[dict[str, Any]]:
     """The run's log records as the Prefect API (and the UI's Logs tab) has them."""
     body = {"logs": {"flow_run_id": {"any_": [run_id]}, "level": {"ge_": min_level}},
@@ -111,8 +129,8 @@ def served(
     try:
         api = server.api_url
         for name in ("migrate-tables", "approval-timeout-probe"):
-            _poll(lambda n=name: api_call("GET", f"{api}/deployments/name/{n}/end-states")
-                  .status_code == 200 or proc.poll() is not None, f"{name} served")  # fmt: skip
+            url = f"{api}/deployments/name/{name}/end-states"
+            _poll(partial(_registered, url, proc), f"{name} served")
         assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
         yield server, urls
     finally:
@@ -131,8 +149,8 @@ def test_denied_timed_out_and_partly_failed_runs_log_no_error(
     before = table_digests(urls["full"])
     ask = {"replace_existing": True, "require_approval": True, "job_id": "deny-1"}
     denied = _run(api, "migrate-tables", {"params": {**migrate, "target": "full", **ask}})
-    partial = _run(api, "migrate-tables", {"params": {**migrate, "target": "picky",
-                   "job_id": "partial-1"}})  # fmt: skip
+    partly = _run(api, "migrate-tables", {"params": {**migrate, "target": "picky",
+                  "job_id": "partial-1"}})  # fmt: skip
     late = _run(api, "approval-timeout-probe", {})
 
     _poll(lambda: _state(api, denied)["type"] == "PAUSED", "the run to pause for approval")
@@ -140,19 +158,17 @@ def test_denied_timed_out_and_partly_failed_runs_log_no_error(
     assert api_call("POST", f"{api}/flow_runs/{denied}/resume", json=answer).json()["status"] == (
         "ACCEPT"
     )
-    runs = {denied: "CANCELLED", partial: "FAILED", late: "FAILED"}
-    states = {r: _poll(lambda r=r: (s := _state(api, r))["type"] in FINAL and s, r) for r in runs}
+    runs = {denied: "CANCELLED", partly: "FAILED", late: "FAILED"}
+    states = {r: _poll(partial(_final, api, r), r) for r in runs}
     assert {r: s["type"] for r, s in states.items()} == runs, states
     assert "denied by jdoe" in states[denied]["message"]
-    assert "partial_failure" in states[partial]["message"]
+    assert "partial_failure" in states[partly]["message"]
     assert table_digests(urls["full"]) == before  # denied: nothing touched
 
     for run_id in runs:  # the engine's last word on the run arrives as one INFO line
-        _poll(lambda r=run_id: any("stopped as planned" in x["message"] for x in run_logs(api, r)),
-              lambda r=run_id: f"the end of {r}'s logs: {[x['message'] for x in run_logs(api, r)]}",
-              timeout=30)  # fmt: skip
+        _poll(partial(_logged_end, api, run_id), partial(_log_text, api, run_id), timeout=30)
         errors = run_logs(api, run_id, min_level=40)
-        if run_id == partial:  # the chunk the target refused is an error, and says which
+        if run_id == partly:  # the chunk the target refused is an error, and says which
             assert {e["name"] for e in errors} == {"prefect.task_runs"}, errors
             assert all("ChunkFailedError: chunk partial-1.items#1" in e["message"] for e in errors)
         else:
