@@ -226,7 +226,7 @@ def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
                                 params.batch_size, p.name)
             for p, info in zip(params.policies, infos, strict=True)
         ]  # fmt: skip
-        publish_plan(job_id, plans)
+        publish_plan(job_id, plans, dry_run=params.dry_run)
         if params.dry_run:
             return ArchiveResult(job_id=job_id, plan=plans)
         if any(p.eligible_rows for p in plans):

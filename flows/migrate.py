@@ -102,7 +102,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         names = [info.name for info in infos]
         overwritten = tables_to_overwrite(params.target, params.schema_name, names, job_id)
         if overwritten:
-            publish_plan(job_id, infos, params.chunk_size)
+            publish_plan(job_id, infos, params.chunk_size, dry_run=False)
             decision = await_approval(
                 _approval_request(job_id, params, names, overwritten),
                 params.approval_timeout_minutes * 60,

@@ -74,6 +74,7 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
     Returns:
         Event counts by status, for the caller's own summary.
     """
+    title = _without_repeated_prefix(title)
     rows = run_summary(engine, correlation_id)
     publish_table(
         f"{title}-audit",
@@ -100,6 +101,12 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
     ]
     publish_markdown(f"{title}-audit-summary", "\n".join(lines))
     return by_status
+
+
+def _without_repeated_prefix(title: str) -> str:
+    """``migrate-migrate-<run>`` -> ``migrate-<run>``: a default job id already names its flow."""
+    first, _, rest = title.partition("-")
+    return rest if rest.startswith(f"{first}-") else title
 
 
 class ProgressReporter:
@@ -186,11 +193,20 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> Non
     )
 
 
-def publish_markdown(key: str, markdown: str) -> None:
-    """A markdown artifact."""
+def publish_markdown(key: str, markdown: str) -> str:
+    """A markdown artifact; returns its id (for :func:`update_markdown`)."""
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(markdown, key=artifact_key(key))
+    return str(create_markdown_artifact(markdown, key=artifact_key(key)))
+
+
+def update_markdown(artifact_id: str, markdown: str) -> None:
+    """Rewrite a markdown artifact in place (e.g. a request once it has been answered)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+
+    with get_client(sync_client=True) as client:
+        client.update_artifact(UUID(artifact_id), ArtifactUpdate(data=markdown))
 
 
 def publish_link(key: str, link: str, description: str) -> None:

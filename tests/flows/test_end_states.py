@@ -90,6 +90,14 @@ def _log_text(api: str, run_id: str) -> str:
     return f"the end of {run_id}'s logs: {[x['message'] for x in run_logs(api, run_id)]}"
 
 
+def run_artifacts(api: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's artifacts as the API has them (latest version of each key)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+    response = api_call("POST", f"{api}/artifacts/filter", json=body)
+    response.raise_for_status()
+    return [a for a in response.json() if a["key"]]
+
+
 def run_logs(api: str, run_id: str, min_level: int = 0) -> list[dict[str, Any]]:
     """The run's log records as the Prefect API (and the UI's Logs tab) has them."""
     body = {"logs": {"flow_run_id": {"any_": [run_id]}, "level": {"ge_": min_level}},
@@ -149,8 +157,7 @@ def test_denied_timed_out_and_partly_failed_runs_log_no_error(
     before = table_digests(urls["full"])
     ask = {"replace_existing": True, "require_approval": True, "job_id": "deny-1"}
     denied = _run(api, "migrate-tables", {"params": {**migrate, "target": "full", **ask}})
-    partly = _run(api, "migrate-tables", {"params": {**migrate, "target": "picky",
-                  "job_id": "partial-1"}})  # fmt: skip
+    partly = _run(api, "migrate-tables", {"params": {**migrate, "target": "picky"}})
     late = _run(api, "approval-timeout-probe", {})
 
     _poll(lambda: _state(api, denied)["type"] == "PAUSED", "the run to pause for approval")
@@ -165,12 +172,24 @@ def test_denied_timed_out_and_partly_failed_runs_log_no_error(
     assert "partial_failure" in states[partly]["message"]
     assert table_digests(urls["full"]) == before  # denied: nothing touched
 
+    by_key = {a["key"]: a for a in run_artifacts(api, denied)}
+    assert "waiting for approval" in by_key["migration-plan-deny-1"]["data"]
+    assert "dry run" not in by_key["migration-plan-deny-1"]["data"]
+    assert "Denied** by `jdoe`" in by_key["approval-deny-1"]["data"]
+    assert "paused" not in by_key["approval-deny-1"]["data"]
+    assert "Not approved in time" in run_artifacts(api, late)[0]["data"]
+    keys = {a["key"] for a in run_artifacts(api, partly)}
+    assert {f"migrate-{partly}-audit", f"migrate-{partly}-audit-summary"} <= keys, keys
+    assert not any(k.startswith("migrate-migrate") for k in keys), keys
+
     for run_id in runs:  # the engine's last word on the run arrives as one INFO line
         _poll(partial(_logged_end, api, run_id), partial(_log_text, api, run_id), timeout=30)
         errors = run_logs(api, run_id, min_level=40)
         if run_id == partly:  # the chunk the target refused is an error, and says which
             assert {e["name"] for e in errors} == {"prefect.task_runs"}, errors
-            assert all("ChunkFailedError: chunk partial-1.items#1" in e["message"] for e in errors)
+            assert all(
+                f"ChunkFailedError: chunk migrate-{partly}.items#1" in e["message"] for e in errors
+            )
         else:
             assert errors == [], [e["message"][:300] for e in errors]
         assert not any("cannot be resolved" in x["message"] for x in run_logs(api, run_id))

@@ -90,10 +90,15 @@ class ArchiveResult(BaseModel):
         }
 
 
-def publish_plan(job_id: str, plans: list[PolicyPlan]) -> None:
-    """Dry run: eligible rows, bytes and objects per policy, as markdown."""
+def publish_plan(job_id: str, plans: list[PolicyPlan], dry_run: bool = True) -> None:
+    """Eligible rows, bytes and objects per policy, as markdown (dry run, or before approval)."""
+    state = (
+        "dry run: nothing was changed"
+        if dry_run
+        else "waiting for approval: nothing archived or deleted yet; see the approval artifact"
+    )
     lines = [
-        f"# Archive plan `{job_id}` (dry run: nothing was changed)",
+        f"# Archive plan `{job_id}` ({state})",
         "",
         "| policy | table | cutoff | eligible rows | estimated bytes | objects |",
         "|---|---|---|---|---|---|",
