@@ -22,7 +22,7 @@ from custody.audit import AuditStatus, DataClassification
 from custody.chunks import JobSpec
 from custody.prefect_glue import current_flow_run_id
 from custody.storage import LockMode, check_prefix, open_store
-from flows.params import CONNECTION, JOB_ID, SqlName
+from flows.params import CONNECTION, JOB_ID, SqlName, offer_connections
 from tasks.approval import ApprovalRequest, await_approval
 from tasks.archive import (
     describe_archive_table,
@@ -109,6 +109,7 @@ class ArchiveParams(BaseModel):
         pattern=CONNECTION,
         description="Name of a configured connection (CUSTODY_CONNECTIONS__<NAME>), never a URL. "
         "One archival per database runs at a time.",
+        json_schema_extra=offer_connections,
     )
     schema_name: SqlName = Field(
         default="public",
@@ -318,6 +319,7 @@ class RestoreParams(BaseModel):
         title="Database connection",
         pattern=CONNECTION,
         description="Name of the configured connection the rows were archived from.",
+        json_schema_extra=offer_connections,
     )
     archive_ids: list[str] = Field(
         default=[],

@@ -57,12 +57,12 @@ class ApprovalInput(RunInput):
         title="Approve",
         description="On: go ahead. Off: deny, and the run stops without changing anything.",
     )
-    reason: str | None = Field(
-        default=None,
+    reason: str = Field(
+        default="",
         max_length=200,
         pattern=r"^[^\x00-\x1f\x7f]*$",
         title="Reason or change ticket",
-        description="Optional, one line, e.g. CHG-1234. No patient data (no PHI is expected here).",
+        description="Optional, one line, e.g. CHG-1234; leave empty if none. No patient data.",
     )
 
 

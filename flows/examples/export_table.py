@@ -25,7 +25,7 @@ from custody.examples.export import ExportRangeWork
 from custody.identifiers import check_name
 from custody.prefect_glue import current_flow_run_id, publish_batch_result, publish_link
 from custody.storage import check_prefix, join_key
-from flows.params import CONNECTION, SqlName
+from flows.params import CONNECTION, SqlName, offer_connections
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.examples.export import prepare_export
@@ -48,6 +48,7 @@ class ExportTableParams(BaseModel):
         title="Source connection",
         pattern=CONNECTION,
         description="Name of a configured connection, never a URL.",
+        json_schema_extra=offer_connections,
     )
     table: SqlName = Field(title="Table")
     key_column: SqlName = Field(title="Key column", description="Unique integer or text column.")

@@ -36,6 +36,22 @@ def load_secret_block(name: str) -> str | None:
     return str(value)
 
 
+def secret_block_names(prefix: str) -> list[str]:
+    """Names of the Secret blocks starting with ``prefix`` (never their values); [] on error."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            documents = client.read_block_documents(include_secrets=False)
+    except Exception:  # best effort: a form without choices still works
+        return []
+    return [
+        d.name
+        for d in documents
+        if d.name and d.name.startswith(prefix) and d.block_type and d.block_type.slug == "secret"
+    ]
+
+
 def emit_critical_event(event: AuditEvent, seq: int) -> None:
     """Announce a critical audit event to Prefect, so an automation can notify someone.
 
