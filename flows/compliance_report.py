@@ -10,7 +10,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from custody.audit import AuditStatus
-from custody.prefect_glue import current_flow_run_id, publish_link, publish_table
+from custody.prefect_glue import current_flow_run_id, publish_location, publish_table
 from custody.reports.model import ReportType
 from custody.storage import check_prefix, open_store
 from flows.params import check_timezone
@@ -189,8 +189,8 @@ def _publish(run: ReportRun, params: ReportParams) -> None:
     store = open_store(params.destination)
     for report in run.reports:
         if report["status"] == "completed":
-            publish_link(
+            publish_location(
                 f"report-{report['report_id']}", store.location(report["html_key"]),
                 f"{report['report_type']} report (HTML; CSV beside it), "
-                f"SHA-256 {report['html_sha256'][:16]}…",
+                f"SHA-256 {report['html_sha256'][:16]}…", single_object=True,
             )  # fmt: skip

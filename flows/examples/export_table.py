@@ -23,7 +23,7 @@ from custody.audit import AuditStatus, DataClassification
 from custody.chunks import BatchResult, JobSpec
 from custody.examples.export import ExportRangeWork
 from custody.identifiers import check_name
-from custody.prefect_glue import current_flow_run_id, publish_batch_result, publish_link
+from custody.prefect_glue import current_flow_run_id, publish_batch_result, publish_location
 from custody.storage import check_prefix, join_key
 from flows.params import CONNECTION, SqlName, offer_connections
 from tasks.audit import publish_audit_artifacts, record_event
@@ -151,7 +151,7 @@ def export_table(params: ExportTableParams) -> BatchResult | State[BatchResult]:
     )
     # PHI-free artifacts: counts, the location (bucket and prefix), the run's audit events.
     publish_batch_result(title, job_id, result, time.monotonic() - started)
-    publish_link(f"{title}-location", location, f"Objects of export job {job_id}")
+    publish_location(f"{title}-location", location, f"Objects of export job {job_id}")
     publish_audit_artifacts(title)
     if result.failed:
         return failed(f"{result.failed} of {result.total} chunks failed (job {job_id})", result)

@@ -99,6 +99,16 @@ def _parser() -> argparse.ArgumentParser:
     retention.add_argument("--store", default=None, help="object store URL (default: settings)")
     retention.set_defaults(handler=_archive_retention)
 
+    store = commands.add_parser("store", help="the object store").add_subparsers(
+        title="store commands"
+    )
+    get = store.add_parser(
+        "get", help="copy one object out by the location an artifact names, checksum checked"
+    )
+    get.add_argument("location", help="file:///path or s3://bucket/key, as the artifact says")
+    get.add_argument("-o", "--output", type=Path, default=None, help="default: the object's name")
+    get.set_defaults(handler=_store_get)
+
     labs = commands.add_parser("labs", help="lab results").add_subparsers(title="labs commands")
     stage = labs.add_parser(
         "stage", help="put lab files in the object store's inbox; print each run's source"
@@ -237,6 +247,16 @@ def _audit_partitions(args: argparse.Namespace) -> int:
     start = args.start or dt.datetime.now(dt.UTC).date().replace(day=1)
     created = ensure_partitions(_store(), start, args.months)
     print(f"{created} partition(s) created from {start:%Y-%m} for {args.months} month(s)")
+    return 0
+
+
+def _store_get(args: argparse.Namespace) -> int:
+    from custody.storage.fetch import fetch_verified
+
+    data = fetch_verified(args.location)
+    output = args.output or Path(args.location.rstrip("/").rsplit("/", 1)[-1])
+    output.write_bytes(data)
+    print(f"{output}: {len(data)} bytes, SHA-256 matches the store's record")
     return 0
 
 

@@ -7,6 +7,7 @@ counts, action names, data classes, sequence numbers, hashes and references are 
 from __future__ import annotations
 
 import time
+from pathlib import PurePosixPath
 from typing import Any
 from uuid import UUID
 
@@ -225,8 +226,43 @@ def update_markdown(artifact_id: str, markdown: str) -> None:
         client.update_artifact(UUID(artifact_id), ArtifactUpdate(data=markdown))
 
 
-def publish_link(key: str, link: str, description: str) -> None:
-    """A link artifact (to an object-store location: bucket and key, never data)."""
-    from prefect.artifacts import create_link_artifact
+def publish_location(
+    key: str, location: str, description: str, *, single_object: bool = False
+) -> str:
+    """A markdown artifact saying in words where something is, and the command that gets it.
 
-    create_link_artifact(link=link, key=artifact_key(key), description=description)
+    Not a link: a browser refuses ``file://`` links from the Prefect UI, and a presigned S3 URL
+    would hand whoever reads Prefect a report that can name patients, outside the store's own
+    access control. So: the path or ``s3://`` key, and a command for someone who has access.
+
+    Args:
+        key: the artifact key.
+        location: a ``file://`` or ``s3://`` URI from ``ObjectStore.location`` (never credentials).
+        description: what is there, e.g. "phi_access report (HTML; CSV beside it)".
+        single_object: one object (a report) rather than a prefix of many (an archive).
+    """
+    markdown = "\n".join([f"# {description}", "", *where_text(location, single_object)])
+    return publish_markdown(key, markdown)
+
+
+def where_text(location: str, single_object: bool) -> list[str]:
+    """Markdown lines: where ``location`` is, and how to open or fetch it."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file://"):
+        path = unquote(urlparse(location).path)
+        lines = [f"A {'file' if single_object else 'directory'} on the machine (or volume) where "
+                 "the flow run ran:", "", f"`{path}`", ""]  # fmt: skip
+        if single_object:
+            return [*lines, f"Open it there with `xdg-open '{path}'` (macOS: `open '{path}'`), "
+                    f"or copy it out with its checksum checked: `custody store get '{location}' "
+                    f"-o {PurePosixPath(path).name}`."]  # fmt: skip
+        return [*lines, f"List it there with `ls -lR '{path}'`."]
+    lines = [f"In the object store at `{location}`.", ""]
+    if single_object:
+        name = PurePosixPath(location).name
+        return [*lines, f"Fetch it, checksum checked, with custody's store credentials: "
+                f"`custody store get '{location}' -o {name}` (or `aws s3 cp '{location}' {name}`). "
+                "No download link is published here: the store's access control decides who "
+                "reads it."]  # fmt: skip
+    return [*lines, f"List it with `aws s3 ls --recursive '{location}/'`."]

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field
 
 from custody.chunks import BatchResult
-from custody.prefect_glue import publish_link, publish_markdown, publish_table
+from custody.prefect_glue import publish_location, publish_markdown, publish_table
 
 
 class PolicyPlan(BaseModel):
@@ -148,4 +148,4 @@ def publish_result(result: ArchiveResult, location: str) -> None:
         f"Objects and manifests: {location}; manifest rows in `custody.archive_manifest`.",
     ]
     publish_markdown(f"archive-report-{result.job_id}", "\n".join(lines))
-    publish_link(f"archive-location-{result.job_id}", location, "Where this run's objects are")
+    publish_location(f"archive-location-{result.job_id}", location, "Where this run's objects are")
