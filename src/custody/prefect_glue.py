@@ -266,3 +266,64 @@ def where_text(location: str, single_object: bool) -> list[str]:
                 "No download link is published here: the store's access control decides who "
                 "reads it."]  # fmt: skip
     return [*lines, f"List it with `aws s3 ls --recursive '{location}/'`."]
+
+
+def install_automation(
+    spec: dict[str, Any], block_name: str, webhook_url: str | None = None
+) -> tuple[str, str]:
+    """Create (or replace) an automation whose notification goes to the block ``block_name``.
+
+    Args:
+        spec: one automation as in ``infra/automations/*.yaml``; its ``send-notification``
+            actions get the block's id.
+        block_name: an existing notification block, or the name to save the webhook under.
+        webhook_url: when given, a Custom Webhook block posting ``{"subject", "text"}`` as JSON
+            to this URL is saved as ``block_name`` first (replacing one of that name).
+
+    Returns:
+        (block id, automation id).
+
+    Raises:
+        ConfigError: no block of that name, or several of different types.
+    """
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+
+    from custody.errors import ConfigError
+
+    if webhook_url:
+        webhook = CustomWebhookNotificationBlock(  # type: ignore[call-arg]  # optional fields
+            name="custody", url=webhook_url, method="POST",
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+        )  # fmt: skip
+        block_id = str(webhook.save(block_name, overwrite=True))
+    else:
+        with get_client(sync_client=True) as client:
+            found = [d for d in client.read_block_documents(include_secrets=False)
+                     if d.name == block_name]  # fmt: skip
+        if len(found) != 1:
+            what = "no block" if not found else f"{len(found)} blocks"
+            raise ConfigError(
+                f"{what} named {block_name!r} on this Prefect server: create a notification "
+                "block (UI: Blocks, +) or pass --webhook-url URL to create a Custom Webhook one"
+            )
+        block_id = str(found[0].id)
+    spec = {**spec, "actions": [
+        {**a, "block_document_id": block_id} if a.get("type") == "send-notification" else a
+        for a in spec.get("actions", [])
+    ]}  # fmt: skip
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(spec["name"]):
+            client.delete_automation(old.id)
+    created = Automation.model_validate(spec).create()
+    assert isinstance(created, Automation)  # called from sync code: not a coroutine
+    return block_id, str(created.id)
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API this process would talk to; None means a temporary local server."""
+    from prefect.settings import PREFECT_API_URL
+
+    value = PREFECT_API_URL.value()
+    return str(value) if value else None
