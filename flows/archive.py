@@ -8,7 +8,6 @@ from datetime import time as dtime
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from custody.archive.report import (
@@ -23,7 +22,7 @@ from custody.audit import AuditStatus, DataClassification
 from custody.chunks import JobSpec
 from custody.prefect_glue import current_flow_run_id
 from custody.storage import LockMode, check_destination, check_prefix, open_store
-from flows.params import CONNECTION, JOB_ID, SqlName, StoreName
+from flows.params import CONNECTION, JOB_ID, SqlName, StoreName, offer_connections
 from tasks.approval import ApprovalRequest, await_approval
 from tasks.archive import (
     describe_archive_table,
@@ -37,6 +36,7 @@ from tasks.audit import publish_audit_artifacts, record_event
 from tasks.cancellation import audit_cancellation, audit_failure
 from tasks.chunks import run_chunks
 from tasks.concurrency import one_archival_per_database
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 
 HIPAA_SIX_YEARS = 2190
@@ -109,6 +109,7 @@ class ArchiveParams(BaseModel):
         pattern=CONNECTION,
         description="Name of a configured connection (CUSTODY_CONNECTIONS__<NAME>), never a URL. "
         "One archival per database runs at a time.",
+        json_schema_extra=offer_connections,
     )
     schema_name: SqlName = Field(
         default="public",
@@ -223,7 +224,7 @@ def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
                                 params.batch_size, p.name)
             for p, info in zip(params.policies, infos, strict=True)
         ]  # fmt: skip
-        publish_plan(job_id, plans)
+        publish_plan(job_id, plans, dry_run=params.dry_run)
         if params.dry_run:
             return ArchiveResult(job_id=job_id, plan=plans)
         if any(p.eligible_rows for p in plans):
@@ -279,7 +280,7 @@ def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
     publish_result(result, open_store(params.destination).location(params.prefix))
     publish_audit_artifacts(f"archive-{job_id}")
     if result.status != "success":
-        return Failed(message=f"archive {job_id}: {result.status}", data=result)
+        return failed(f"archive {job_id}: {result.status}", result)
     return result
 
 
@@ -316,6 +317,7 @@ class RestoreParams(BaseModel):
         title="Database connection",
         pattern=CONNECTION,
         description="Name of the configured connection the rows were archived from.",
+        json_schema_extra=offer_connections,
     )
     archive_ids: list[str] = Field(
         default=[],

@@ -6,13 +6,13 @@ from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field
 
 from custody.audit import AuditStatus
 from custody.prefect_glue import current_flow_run_id, publish_table
 from tasks.audit import publish_audit_artifacts, record_event, verify_audit_chain
 from tasks.maintenance import ensure_audit_partitions
+from tasks.outcomes import failed
 
 
 class AuditMaintenanceParams(BaseModel):
@@ -69,10 +69,9 @@ def audit_maintenance(
     _publish(result)
     publish_audit_artifacts(f"audit-maintenance-{current_flow_run_id() or 'local'}")
     if result.chain is not None and not result.chain["ok"]:
-        return Failed(
-            message=f"audit chain broken at seq {result.chain['first_bad_seq']}: "
-            f"{result.chain['reason']}",
-            data=result,
+        return failed(
+            f"audit chain broken at seq {result.chain['first_bad_seq']}: {result.chain['reason']}",
+            result,
         )
     return result
 

@@ -7,15 +7,15 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from custody.audit import AuditStatus
-from custody.prefect_glue import current_flow_run_id, publish_link, publish_table
+from custody.prefect_glue import current_flow_run_id, publish_location, publish_table
 from custody.reports.model import ReportType
 from custody.storage import check_destination, check_prefix, open_store
 from flows.params import StoreName, check_timezone
 from tasks.audit import publish_audit_artifacts, record_event
+from tasks.outcomes import failed
 from tasks.reports import generate_report
 
 BY_REGULATION: dict[str, list[ReportType]] = {
@@ -177,7 +177,7 @@ def compliance_report(params: ReportParams) -> ReportRun | State[ReportRun]:
     _publish(run, params)
     publish_audit_artifacts(f"report-{current_flow_run_id() or 'local'}")
     if run.failed:
-        return Failed(message=f"report types failed: {', '.join(run.failed)}", data=run)
+        return failed(f"report types failed: {', '.join(run.failed)}", run)
     return run
 
 
@@ -193,8 +193,8 @@ def _publish(run: ReportRun, params: ReportParams) -> None:
     store = open_store(params.destination)
     for report in run.reports:
         if report["status"] == "completed":
-            publish_link(
+            publish_location(
                 f"report-{report['report_id']}", store.location(report["html_key"]),
                 f"{report['report_type']} report (HTML; CSV beside it), "
-                f"SHA-256 {report['html_sha256'][:16]}…",
+                f"SHA-256 {report['html_sha256'][:16]}…", single_object=True,
             )  # fmt: skip

@@ -6,7 +6,6 @@ import time
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
@@ -16,6 +15,7 @@ from custody.transfer.generic import CopyRangeWork
 from flows.params import ChunkedJobParams, SqlName
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 from tasks.transfer import prepare_target_table
 
@@ -84,7 +84,5 @@ def copy_table(params: CopyTableParams) -> BatchResult | State[BatchResult]:
     publish_batch_result(title, job_id, result, time.monotonic() - started)
     publish_audit_artifacts(title)
     if result.failed:
-        return Failed(
-            message=f"{result.failed} of {result.total} chunks failed (job {job_id})", data=result
-        )
+        return failed(f"{result.failed} of {result.total} chunks failed (job {job_id})", result)
     return result

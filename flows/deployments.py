@@ -9,7 +9,6 @@ queue, pull steps) is ignored here: ``serve`` runs each flow run in a subprocess
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,20 +103,63 @@ def serve_all(
     schedules_active: bool | None = None,
     limit: int | None = None,
 ) -> None:
-    """Serve the project's deployments from this process until interrupted.
+    """Serve the project's deployments from this process until Ctrl-C or SIGTERM.
 
     The runner is custody's hardened one (flows/hardened.py): a run whose deployment was changed
     through the API (pull steps, entrypoint, job variables) is refused and audited.
+
+    Not ``prefect.serve``: in Prefect 3.8 its SIGTERM handler calls ``Runner.stop()`` from inside
+    the running event loop, which only creates the ``astop()`` coroutine (``RuntimeWarning:
+    coroutine 'Runner.astop' was never awaited``) and exits mid-loop. Here SIGTERM and SIGINT
+    schedule ``astop()`` on the loop, so the runner stops polling, cancels its in-flight runs
+    and returns.
     """
-    from prefect.exceptions import TerminationSignal
+    deployments = build_deployments(path, only, schedules_active)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    print(f"Serving {len(deployments)} deployment(s): {names}\nStop with Ctrl-C or SIGTERM.")
+    asyncio.run(_serve(deployments, limit))
+
+
+async def _serve(deployments: list[RunnerDeployment], limit: int | None) -> None:
+    import signal
 
     from flows.hardened import HardenedRunner
 
-    runner = HardenedRunner(pause_on_shutdown=True, limit=limit)
-    for deployment in build_deployments(path, only, schedules_active):
-        runner.add_deployment(deployment)
-    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
-        asyncio.run(runner.start())
+    class _Runner(HardenedRunner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            stop()
+
+    runner = _Runner(pause_on_shutdown=True, limit=limit)
+    for deployment in deployments:
+        await runner.aadd_deployment(deployment)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    stopping: list[asyncio.Task[None]] = []
+
+    def begin_stop() -> None:
+        if stopping:
+            return
+        if not runner.started:  # still starting up: nothing to drain
+            if main is not None:
+                main.cancel()
+            return
+        print("Stopping: no new flow runs; runs in flight are cancelled.", flush=True)
+        stopping.append(loop.create_task(runner.astop()))
+
+    def stop() -> None:  # may run inside a plain signal handler: hand over to the loop
+        loop.call_soon_threadsafe(begin_stop)
+
+    loop.add_signal_handler(signal.SIGINT, stop)
+    try:
+        await runner.start()  # it installs handle_sigterm for SIGTERM
+    except asyncio.CancelledError:
+        if not stopping:  # stopped before the runner started
+            return
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        for task in stopping:
+            await task
 
 
 def _build(spec: DeploymentSpec, schedules_active: bool) -> RunnerDeployment:

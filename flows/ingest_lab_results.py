@@ -167,6 +167,24 @@ def _summarise(reports: list[dict[str, Any]], seconds: float) -> IngestSummary:
     )  # fmt: skip
 
 
+def _summary_rows(summary: IngestSummary) -> list[tuple[str, object]]:
+    """The summary in words, for a person reading the artifact."""
+    s = summary
+    return [
+        ("Files found", s.files),
+        ("Files ingested", s.ingested),
+        ("Files already ingested (skipped)", s.skipped),
+        ("Files rejected", s.rejected),
+        ("Results stored", s.results),
+        ("Records quarantined (reasons in lab_quarantine)", s.quarantined),
+        ("Critical results (audited and announced)", s.critical),
+        ("Files checked by the quality gate", s.gated_files),
+        ("Quality gate", s.quality),
+        ("Failed quality checks", ", ".join(s.quality_failed) or "none"),
+        ("Seconds", s.seconds),
+    ]
+
+
 def _publish(reports: list[dict[str, Any]], summary: IngestSummary) -> None:
     run = current_flow_run_id() or "local"
     columns = ("format", "status", "results", "quarantined", "not_results", "critical")
@@ -177,8 +195,8 @@ def _publish(reports: list[dict[str, Any]], summary: IngestSummary) -> None:
         "Per file (by sequence number and content digest, never by name: a name may carry "
         "PHI): counts only. Reasons for quarantined records are in lab_quarantine.",
     )  # fmt: skip
-    lines = [f"| {k} | {v} |" for k, v in summary.model_dump().items()]
+    lines = [f"| {label} | {value} |" for label, value in _summary_rows(summary)]
     publish_markdown(
         f"ingest-summary-{run}",
-        "# Lab ingestion\n\n| | |\n|---|---|\n" + "\n".join(lines) + "\n",
+        f"# Lab ingestion: {summary.status.value}\n\n| | |\n|---|---|\n" + "\n".join(lines) + "\n",
     )

@@ -7,7 +7,6 @@ from typing import Literal
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import ConfigDict, Field
 
 from custody.audit import AuditStatus
@@ -33,6 +32,7 @@ from tasks.migration import (
     plan_migration,
     prepare_target_schema,
 )
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 from tasks.runtime import runtime
 
@@ -126,7 +126,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         names = [info.name for info in infos]
         overwritten = tables_to_overwrite(params.target, params.schema_name, names, job_id)
         if overwritten:
-            publish_plan(job_id, infos, params.chunk_size)
+            publish_plan(job_id, infos, params.chunk_size, dry_run=False)
             decision = await_approval(
                 _approval_request(job_id, params, names, overwritten),
                 params.approval_timeout_minutes * 60,
@@ -200,7 +200,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
     publish_result(result)
     publish_audit_artifacts(f"migrate-{job_id}")
     if result.status != "success":
-        return Failed(message=f"migration {job_id}: {result.status}", data=result)
+        return failed(f"migration {job_id}: {result.status}", result)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -67,6 +68,41 @@ StoreName = Annotated[
 ]
 
 
+def connection_choices() -> list[str]:
+    """Connection names configured where the deployment is built, for the form to offer.
+
+    ``CUSTODY_CONNECTIONS__<NAME>`` settings, plus Prefect Secret blocks named
+    ``custody-connection-<name>`` when ``PREFECT_API_URL`` names a server (never a temporary one).
+    Empty when nothing is configured: the field is then free text with the name pattern.
+    """
+    import os
+
+    from custody.errors import ConfigError
+    from custody.settings import get_settings
+
+    try:
+        names = set(get_settings().connections)
+    except ConfigError:
+        names = set()
+    if os.environ.get("PREFECT_API_URL"):
+        from custody.prefect_glue import secret_block_names
+
+        prefix = "custody-connection-"
+        names |= {n.removeprefix(prefix).replace("-", "_") for n in secret_block_names(prefix)}
+    return sorted(n for n in names if re.fullmatch(CONNECTION, n))
+
+
+def offer_connections(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a connection field: the configured names as a drop-down.
+
+    Only the schema changes (the Prefect form, and the server's check of API-created runs);
+    the model still validates any well-formed name, so flows called from Python are unaffected.
+    """
+    names = connection_choices()
+    if names:
+        schema["enum"] = names
+
+
 class ChunkedJobParams(BaseModel):
     """Source, target and how a chunked job runs (the first fields of every chunked flow form)."""
 
@@ -76,11 +112,13 @@ class ChunkedJobParams(BaseModel):
         title="Source connection",
         pattern=CONNECTION,
         description="Name of a configured connection, never a URL.",
+        json_schema_extra=offer_connections,
     )
     target: str = Field(
         title="Target connection",
         pattern=CONNECTION,
         description="Name of a configured connection, never a URL.",
+        json_schema_extra=offer_connections,
     )
     chunk_size: int = Field(
         default=50_000,

@@ -6,7 +6,6 @@ import hashlib
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field
 
 from custody.audit import AuditStatus
@@ -23,6 +22,7 @@ from flows.params import JOB_ID
 from tasks.approval import ApprovalRequest, await_approval
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import run_chunks
+from tasks.outcomes import failed
 from tasks.replay import list_dead_letters, prepare_replay, settle_replay
 from tasks.runners import SettingsTaskRunner
 
@@ -108,7 +108,7 @@ def replay_dead_letters(params: ReplayParams) -> ReplayResult | State[ReplayResu
     publish_replay_result(result)
     publish_audit_artifacts(f"replay-{run_key}")
     if result.status in ("partial_failure", "failed"):
-        return Failed(message=f"replay {run_key}: {result.status}", data=result)
+        return failed(f"replay {run_key}: {result.status}", result)
     return result
 
 

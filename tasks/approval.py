@@ -25,7 +25,6 @@ from prefect.client.schemas.objects import State
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.states import Cancelled, Failed
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import inspect, literal, select
 from sqlalchemy.sql.elements import quoted_name
@@ -34,8 +33,9 @@ from custody.audit import AuditEvent, AuditStatus
 from custody.db import is_postgres
 from custody.identifiers import reflect_table
 from custody.migration.names import table_job_id
-from custody.prefect_glue import current_flow_run_id, publish_markdown
+from custody.prefect_glue import current_flow_run_id, publish_markdown, update_markdown
 from custody.store.tables import audit_log
+from tasks.outcomes import cancelled, expect_pause_timeout, failed
 from tasks.runtime import runtime
 
 APPROVER = r"^[a-z][a-z0-9._-]{1,62}(@[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+)?$"
@@ -59,12 +59,12 @@ class ApprovalInput(RunInput):
         title="Approve",
         description="On: go ahead. Off: deny, and the run stops without changing anything.",
     )
-    reason: str | None = Field(
-        default=None,
+    reason: str = Field(
+        default="",
         max_length=200,
         pattern=r"^[^\x00-\x1f\x7f]*$",
         title="Reason or change ticket",
-        description="Optional, one line, e.g. CHG-1234. No patient data (no PHI is expected here).",
+        description="Optional, one line, e.g. CHG-1234; leave empty if none. No patient data.",
     )
 
 
@@ -107,15 +107,12 @@ class ApprovalDecision(BaseModel):
     def stopped(self, result: Any) -> State[Any]:
         """The final state of a run that was not approved (nothing was changed)."""
         if self.outcome == "denied":
-            return Cancelled(
-                message=f"{self.job_id}: denied by {self.approver}; nothing was changed",
-                data=result,
+            return cancelled(
+                f"{self.job_id}: denied by {self.approver}; nothing was changed", result
             )
         # Prefect replaces this message: after a pause times out the server fails the run with
         # "never resumed". The audit log has approval.timed_out.
-        return Failed(
-            message=f"{self.job_id}: not approved in time; nothing was changed", data=result
-        )
+        return failed(f"{self.job_id}: not approved in time; nothing was changed", result)
 
 
 def _event(
@@ -158,15 +155,26 @@ def find_prior_approval(request: ApprovalRequest) -> tuple[str, int] | None:
 
 
 @task(name="request-approval", retries=2, retry_delay_seconds=1, **_NO_CACHE)
-def request_approval(request: ApprovalRequest, timeout_s: int) -> int:
-    """Audit the request and publish what awaits approval, and how to give it."""
+def request_approval(request: ApprovalRequest, timeout_s: int) -> str:
+    """Audit the request and publish what awaits approval, and how to give it.
+
+    Returns:
+        The id of the ``approval-<job>`` artifact, rewritten once the decision is in.
+    """
     rt = runtime()
-    seq = rt.audit.log(
+    rt.audit.log(
         _event(rt.settings.principal, "approval.requested", AuditStatus.STARTED, request,
                facts=request.facts, timeout_s=timeout_s)
-    ).last_seq  # fmt: skip
-    publish_markdown(f"approval-{request.job_id}", _request_markdown(request, timeout_s))
-    return seq
+    )  # fmt: skip
+    return publish_markdown(f"approval-{request.job_id}", _request_markdown(request, timeout_s))
+
+
+@task(name="publish-approval-decision", retries=2, retry_delay_seconds=1, **_NO_CACHE)
+def publish_decision(
+    request: ApprovalRequest, artifact_id: str, decision: ApprovalDecision
+) -> None:
+    """Rewrite the ``approval-<job>`` artifact: it no longer says the run is paused."""
+    update_markdown(artifact_id, _decision_markdown(request, decision))
 
 
 @task(name="record-approval", retries=2, retry_delay_seconds=1, **_NO_CACHE)
@@ -203,7 +211,7 @@ def await_approval(request: ApprovalRequest, timeout_s: int) -> ApprovalDecision
         return ApprovalDecision(
             job_id=request.job_id, outcome="reused", approver=prior[0], audit_seq=seq
         )
-    request_approval(request, timeout_s)
+    artifact_id = request_approval(request, timeout_s)
     form = ApprovalInput.with_initial_data(description=_form_text(request))
     try:
         answer = pause_flow_run(
@@ -212,16 +220,21 @@ def await_approval(request: ApprovalRequest, timeout_s: int) -> ApprovalDecision
             poll_interval=runtime().settings.approval_poll_seconds,
         )
     except FlowPauseTimeout:
+        expect_pause_timeout()
         seq = record_approval(request, "timed_out", None)
         logger.warning("Job %s: not approved within %s s; nothing changed", request.job_id,
                        timeout_s)  # fmt: skip
-        return ApprovalDecision(job_id=request.job_id, outcome="timed_out", audit_seq=seq)
-    outcome: Outcome = "granted" if answer.approved else "denied"
-    seq = record_approval(request, outcome, answer.approver, answer.reason)
-    logger.info("Job %s: %s by %s (audit seq %s)", request.job_id, outcome, answer.approver, seq)
-    return ApprovalDecision(
-        job_id=request.job_id, outcome=outcome, approver=answer.approver, audit_seq=seq
-    )
+        decision = ApprovalDecision(job_id=request.job_id, outcome="timed_out", audit_seq=seq)
+    else:
+        outcome: Outcome = "granted" if answer.approved else "denied"
+        seq = record_approval(request, outcome, answer.approver, answer.reason)
+        logger.info("Job %s: %s by %s (audit seq %s)", request.job_id, outcome, answer.approver,
+                    seq)  # fmt: skip
+        decision = ApprovalDecision(
+            job_id=request.job_id, outcome=outcome, approver=answer.approver, audit_seq=seq
+        )
+    publish_decision(request, artifact_id, decision)
+    return decision
 
 
 @task(name="tables-with-rows", retries=2, retry_delay_seconds=1, **_NO_CACHE)
@@ -254,6 +267,33 @@ def _form_text(request: ApprovalRequest) -> str:
     return (
         f"**{request.flow}**, job `{request.job_id}`: {request.action}. {facts}\n\n"
         "See the run's plan artifact. Enter no patient data here."
+    )
+
+
+_DECIDED = {
+    "granted": "**Approved** by `{approver}`: the run went ahead.",
+    "denied": "**Denied** by `{approver}`: the run stopped (Cancelled); nothing was changed.",
+    "timed_out": "**Not approved in time**: the run stopped (Failed); nothing was changed.",
+    "reused": "Covered by an earlier approval of `{approver}`: the run went ahead.",
+}
+
+
+def _decision_markdown(request: ApprovalRequest, decision: ApprovalDecision) -> str:
+    rows = [f"| {k} | {v} |" for k, v in {**request.scope, **request.facts}.items()]
+    return "\n".join(
+        [
+            f"# Approval {decision.outcome.replace('_', ' ')}: {request.flow} `{request.job_id}`",
+            "",
+            _DECIDED[decision.outcome].format(approver=decision.approver),
+            f"Asked for: {request.action}.",
+            "",
+            "| what | value |",
+            "|---|---|",
+            *rows,
+            "",
+            f"Decided {datetime.now(UTC).isoformat(timespec='seconds')}; the decision is audit "
+            f"event seq {decision.audit_seq} (`custody audit verify` checks the chain).",
+        ]
     )
 
 

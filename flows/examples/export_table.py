@@ -17,19 +17,23 @@ import time
 
 from prefect import flow
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from custody.audit import AuditStatus, DataClassification
 from custody.chunks import BatchResult, JobSpec
 from custody.examples.export import ExportRangeWork
 from custody.identifiers import check_name
-from custody.prefect_glue import current_flow_run_id, publish_batch_result, publish_link
+from custody.prefect_glue import (
+    current_flow_run_id,
+    publish_batch_result,
+    publish_location,
+)
 from custody.storage import check_destination, check_prefix, join_key
-from flows.params import CONNECTION, SqlName, StoreName
+from flows.params import CONNECTION, SqlName, StoreName, offer_connections
 from tasks.audit import publish_audit_artifacts, record_event
 from tasks.chunks import plan_table_chunks, run_chunks
 from tasks.examples.export import prepare_export
+from tasks.outcomes import failed
 from tasks.runners import SettingsTaskRunner
 
 # Job ids become object-key segments here, so no ':' (allowed in other flows' job ids).
@@ -48,6 +52,7 @@ class ExportTableParams(BaseModel):
         title="Source connection",
         pattern=CONNECTION,
         description="Name of a configured connection, never a URL.",
+        json_schema_extra=offer_connections,
     )
     table: SqlName = Field(title="Table")
     key_column: SqlName = Field(title="Key column", description="Unique integer or text column.")
@@ -153,10 +158,8 @@ def export_table(params: ExportTableParams) -> BatchResult | State[BatchResult]:
     )
     # PHI-free artifacts: counts, the location (bucket and prefix), the run's audit events.
     publish_batch_result(title, job_id, result, time.monotonic() - started)
-    publish_link(f"{title}-location", location, f"Objects of export job {job_id}")
+    publish_location(f"{title}-location", location, f"Objects of export job {job_id}")
     publish_audit_artifacts(title)
     if result.failed:
-        return Failed(
-            message=f"{result.failed} of {result.total} chunks failed (job {job_id})", data=result
-        )
+        return failed(f"{result.failed} of {result.total} chunks failed (job {job_id})", result)
     return result

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 
+#: The checkout's critical-result automation (custody is installed from the checkout).
+CRITICAL_AUTOMATION = (
+    Path(__file__).resolve().parents[2] / "infra/automations/critical-lab-result.yaml"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = _parser()
@@ -99,12 +105,46 @@ def _parser() -> argparse.ArgumentParser:
     retention.add_argument("--store", default=None, help="object store URL (default: settings)")
     retention.set_defaults(handler=_archive_retention)
 
+    store = commands.add_parser("store", help="the object store").add_subparsers(
+        title="store commands"
+    )
+    get = store.add_parser(
+        "get", help="copy one object out by the location an artifact names, checksum checked"
+    )
+    get.add_argument("location", help="file:///path or s3://bucket/key, as the artifact says")
+    get.add_argument("-o", "--output", type=Path, default=None, help="default: the object's name")
+    get.set_defaults(handler=_store_get)
+
     labs = commands.add_parser("labs", help="lab results").add_subparsers(title="labs commands")
     stage = labs.add_parser(
         "stage", help="put lab files in the object store's inbox; print each run's source"
     )
-    stage.add_argument("files", nargs="+", type=Path, help="HL7 v2, FHIR JSON/NDJSON or CSV")
+    stage.add_argument("files", nargs="*", type=Path, help="HL7 v2, FHIR JSON/NDJSON or CSV")
     stage.add_argument("--prefix", default="inbox", help="key prefix (default: inbox)")
+    stage.add_argument(
+        "--example",
+        choices=["critical"],
+        help="stage a synthetic HL7 result instead: 'critical' is a potassium of 6.8 mmol/L "
+        "(a new message each time, so a run ingests it and raises a critical-result event)",
+    )
+
+    automations = commands.add_parser("automations", help="Prefect automations").add_subparsers(
+        title="automations commands"
+    )
+    install = automations.add_parser(
+        "install",
+        help="create the notification block (optional) and the critical-result automation on "
+        "the server PREFECT_API_URL names",
+    )
+    install.add_argument("--block", required=True, help="notification block name to notify")
+    install.add_argument(
+        "--webhook-url", default=None, help="save a Custom Webhook block posting here as --block"
+    )
+    install.add_argument(
+        "--file", type=Path, default=None,
+        help="automation YAML (default: infra/automations/critical-lab-result.yaml)",
+    )  # fmt: skip
+    install.set_defaults(handler=_automations_install)
     stage.set_defaults(handler=_labs_stage)
 
     serve = commands.add_parser(
@@ -267,13 +307,59 @@ def _audit_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_get(args: argparse.Namespace) -> int:
+    from custody.storage.fetch import fetch_verified
+
+    data = fetch_verified(args.location)
+    output = args.output or Path(args.location.rstrip("/").rsplit("/", 1)[-1])
+    output.write_bytes(data)
+    print(f"{output}: {len(data)} bytes, SHA-256 matches the store's record")
+    return 0
+
+
 def _labs_stage(args: argparse.Namespace) -> int:
     from custody.labs.inbox import stage_payload
     from custody.storage import open_store
 
+    if bool(args.files) == bool(args.example):
+        raise CustodyError("give lab files to stage, or --example critical (not both)")
     store = open_store()
+    if args.example:
+        from custody.labs.examples import critical_potassium
+
+        print(stage_payload(store, critical_potassium(), args.prefix))
+        print("staged a synthetic critical potassium (no real patient); the next "
+              "ingest-lab-results run with source store:inbox (its default) raises "
+              "custody.lab.critical_result.detected", file=sys.stderr)  # fmt: skip
+        return 0
     for path in args.files:
         print(stage_payload(store, path.read_bytes(), args.prefix))
+    return 0
+
+
+def _automations_install(args: argparse.Namespace) -> int:
+    import yaml  # type: ignore[import-untyped]
+
+    from custody.prefect_glue import configured_api_url, install_automation
+    from custody.quiet_prefect import apply_prefect_defaults
+
+    apply_prefect_defaults()
+    api = configured_api_url()
+    if not api:
+        raise CustodyError(
+            "PREFECT_API_URL is not set: set it to your server's API (e.g. "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api); without it Prefect would start a "
+            "temporary server and the automation would vanish with it"
+        )
+    path = args.file or CRITICAL_AUTOMATION
+    specs = (yaml.safe_load(path.read_text()) or {}).get("automations") or []
+    if not specs:
+        raise CustodyError(f"{path} has no automations")
+    for spec in specs:
+        block_id, automation_id = install_automation(spec, args.block, args.webhook_url)
+        print(f"automation {spec['name']!r} ({automation_id}) notifies block {args.block!r} "
+              f"({block_id}) on {api}")  # fmt: skip
+    print("test it: custody labs stage --example critical, then run ingest-lab-results")
     return 0
 
 

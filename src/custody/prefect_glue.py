@@ -7,6 +7,7 @@ counts, action names, data classes, sequence numbers, hashes and references are 
 from __future__ import annotations
 
 import time
+from pathlib import PurePosixPath
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +35,22 @@ def load_secret_block(name: str) -> str | None:
         return None
     value = block.get()  # type: ignore[union-attr]  # sync context: a Secret, not a coroutine
     return str(value)
+
+
+def secret_block_names(prefix: str) -> list[str]:
+    """Names of the Secret blocks starting with ``prefix`` (never their values); [] on error."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            documents = client.read_block_documents(include_secrets=False)
+    except Exception:  # best effort: a form without choices still works
+        return []
+    return [
+        d.name
+        for d in documents
+        if d.name and d.name.startswith(prefix) and d.block_type and d.block_type.slug == "secret"
+    ]
 
 
 def emit_critical_event(event: AuditEvent, seq: int) -> None:
@@ -87,6 +104,7 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
     Returns:
         Event counts by status, for the caller's own summary.
     """
+    title = _without_repeated_prefix(title)
     rows = run_summary(engine, correlation_id)
     publish_table(
         f"{title}-audit",
@@ -113,6 +131,12 @@ def publish_run_audit(engine: Engine, correlation_id: str, title: str) -> dict[s
     ]
     publish_markdown(f"{title}-audit-summary", "\n".join(lines))
     return by_status
+
+
+def _without_repeated_prefix(title: str) -> str:
+    """``migrate-migrate-<run>`` -> ``migrate-<run>``: a default job id already names its flow."""
+    first, _, rest = title.partition("-")
+    return rest if rest.startswith(f"{first}-") else title
 
 
 class ProgressReporter:
@@ -199,15 +223,120 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> Non
     )
 
 
-def publish_markdown(key: str, markdown: str) -> None:
-    """A markdown artifact."""
+def publish_markdown(key: str, markdown: str) -> str:
+    """A markdown artifact; returns its id (for :func:`update_markdown`)."""
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(markdown, key=artifact_key(key))
+    return str(create_markdown_artifact(markdown, key=artifact_key(key)))
 
 
-def publish_link(key: str, link: str, description: str) -> None:
-    """A link artifact (to an object-store location: bucket and key, never data)."""
-    from prefect.artifacts import create_link_artifact
+def update_markdown(artifact_id: str, markdown: str) -> None:
+    """Rewrite a markdown artifact in place (e.g. a request once it has been answered)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
 
-    create_link_artifact(link=link, key=artifact_key(key), description=description)
+    with get_client(sync_client=True) as client:
+        client.update_artifact(UUID(artifact_id), ArtifactUpdate(data=markdown))
+
+
+def publish_location(
+    key: str, location: str, description: str, *, single_object: bool = False
+) -> str:
+    """A markdown artifact saying in words where something is, and the command that gets it.
+
+    Not a link: a browser refuses ``file://`` links from the Prefect UI, and a presigned S3 URL
+    would hand whoever reads Prefect a report that can name patients, outside the store's own
+    access control. So: the path or ``s3://`` key, and a command for someone who has access.
+
+    Args:
+        key: the artifact key.
+        location: a ``file://`` or ``s3://`` URI from ``ObjectStore.location`` (never credentials).
+        description: what is there, e.g. "phi_access report (HTML; CSV beside it)".
+        single_object: one object (a report) rather than a prefix of many (an archive).
+    """
+    markdown = "\n".join([f"# {description}", "", *where_text(location, single_object)])
+    return publish_markdown(key, markdown)
+
+
+def where_text(location: str, single_object: bool) -> list[str]:
+    """Markdown lines: where ``location`` is, and how to open or fetch it."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file://"):
+        path = unquote(urlparse(location).path)
+        lines = [f"A {'file' if single_object else 'directory'} on the machine (or volume) where "
+                 "the flow run ran:", "", f"`{path}`", ""]  # fmt: skip
+        if single_object:
+            return [*lines, f"Open it there with `xdg-open '{path}'` (macOS: `open '{path}'`), "
+                    f"or copy it out with its checksum checked: `custody store get '{location}' "
+                    f"-o {PurePosixPath(path).name}`."]  # fmt: skip
+        return [*lines, f"List it there with `ls -lR '{path}'`."]
+    lines = [f"In the object store at `{location}`.", ""]
+    if single_object:
+        name = PurePosixPath(location).name
+        return [*lines, f"Fetch it, checksum checked, with custody's store credentials: "
+                f"`custody store get '{location}' -o {name}` (or `aws s3 cp '{location}' {name}`). "
+                "No download link is published here: the store's access control decides who "
+                "reads it."]  # fmt: skip
+    return [*lines, f"List it with `aws s3 ls --recursive '{location}/'`."]
+
+
+def install_automation(
+    spec: dict[str, Any], block_name: str, webhook_url: str | None = None
+) -> tuple[str, str]:
+    """Create (or replace) an automation whose notification goes to the block ``block_name``.
+
+    Args:
+        spec: one automation as in ``infra/automations/*.yaml``; its ``send-notification``
+            actions get the block's id.
+        block_name: an existing notification block, or the name to save the webhook under.
+        webhook_url: when given, a Custom Webhook block posting ``{"subject", "text"}`` as JSON
+            to this URL is saved as ``block_name`` first (replacing one of that name).
+
+    Returns:
+        (block id, automation id).
+
+    Raises:
+        ConfigError: no block of that name, or several of different types.
+    """
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+
+    from custody.errors import ConfigError
+
+    if webhook_url:
+        webhook = CustomWebhookNotificationBlock(  # type: ignore[call-arg]  # optional fields
+            name="custody", url=webhook_url, method="POST",
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+        )  # fmt: skip
+        block_id = str(webhook.save(block_name, overwrite=True))
+    else:
+        with get_client(sync_client=True) as client:
+            found = [d for d in client.read_block_documents(include_secrets=False)
+                     if d.name == block_name]  # fmt: skip
+        if len(found) != 1:
+            what = "no block" if not found else f"{len(found)} blocks"
+            raise ConfigError(
+                f"{what} named {block_name!r} on this Prefect server: create a notification "
+                "block (UI: Blocks, +) or pass --webhook-url URL to create a Custom Webhook one"
+            )
+        block_id = str(found[0].id)
+    spec = {**spec, "actions": [
+        {**a, "block_document_id": block_id} if a.get("type") == "send-notification" else a
+        for a in spec.get("actions", [])
+    ]}  # fmt: skip
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(spec["name"]):
+            client.delete_automation(old.id)
+    created = Automation.model_validate(spec).create()
+    assert isinstance(created, Automation)  # called from sync code: not a coroutine
+    return block_id, str(created.id)
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API this process would talk to; None means a temporary local server."""
+    from prefect.settings import PREFECT_API_URL
+
+    value = PREFECT_API_URL.value()
+    return str(value) if value else None

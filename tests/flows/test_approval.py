@@ -110,10 +110,12 @@ def test_archive_deletes_only_after_an_approver_says_yes(
     assert granted.details["scope"]["delete_source"] is True
     [started] = audit_rows(pg_store, "data.archival.started")
     assert granted.seq < started.seq  # approved before anything was touched
-    request = [
-        a for a in asyncio.run(read_artifacts(flow_run_id=run_id)) if a.key == "approval-appr-yes"
-    ]
-    assert request and "/resume" in str(request[0].data) and "6000" in str(request[0].data)
+    artifacts = asyncio.run(read_artifacts(flow_run_id=run_id))
+    [request] = [a for a in artifacts if a.key == "approval-appr-yes"]  # rewritten, not doubled
+    assert "Approved** by `jdoe@hospital.org`" in str(request.data) and "6000" in str(request.data)
+    assert "paused" not in str(request.data)
+    [plan] = [a for a in artifacts if a.key == "archive-plan-appr-yes"]
+    assert "waiting for approval" in str(plan.data) and "dry run" not in str(plan.data)
 
     # Same job, same scope: the granted approval covers a re-run (e.g. after a cancellation).
     scope = granted.details["scope"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 
 from custody.audit import Keyring, verify_chain
+from custody.cli import main
 from custody.reports.model import ReportType
 from custody.reports.output import SavedReport
 from custody.reports.tables import compliance_reports
@@ -76,6 +78,14 @@ def test_every_report_type_is_stored_recorded_and_audited(planted: Engine, tmp_p
     assert len(tables) == 1 and all(r.report_id in tables[0] for r in rows)
     published = " ".join(tables + asyncio.run(artifacts("report-r", run_id)))
     assert "MRN-" not in published  # patient references stay in the stored reports
+    # Each report artifact says where the page is and how to get it; no link a browser refuses.
+    where = asyncio.run(artifacts(f"report-{rows[0].report_id}", run_id))
+    assert len(where) == 1 and "](file:" not in where[0] and "custody store get" in where[0]
+    command = re.search(r"`custody store get '([^']+)' -o ([^`]+)`", where[0])
+    assert command is not None, where[0]
+    copy = tmp_path / command.group(2)
+    assert main(["store", "get", command.group(1), "-o", str(copy)]) == 0
+    assert sha256_hex(copy.read_bytes()) == rows[0].html_sha256
     assert verify_chain(planted, KEYRING).ok
     # The stored PHI-access page, as an auditor opens it: no errors, no requests, bars drawn.
     page = tmp_path / "phi_access.html"

@@ -194,7 +194,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_every_flow_from_the_api(
     with pg_store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(lab_results)).scalar_one() == 2
     summary = _artifact(api, run_ids["ingest-lab-results"], "ingest-summary-{run}")
-    assert "| results | 2 |" in summary["data"]
+    assert "| Results stored | 2 |" in summary["data"]
 
     # Archive: two runs on one database never overlapped, and restore put every row back.
     _assert_one_archival_at_a_time(pg_store, run_ids["archive-to-s3"], run_ids["archive-b"])

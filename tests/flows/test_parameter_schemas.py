@@ -191,3 +191,30 @@ def _flow_run_count(api: str) -> int:
     response = api_call("POST", f"{api}/flow_runs/count", json={})
     response.raise_for_status()
     return int(response.json())
+
+
+def test_connection_fields_offer_the_configured_names_and_reason_is_plain_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The form's connection fields are drop-downs of the configured names; Python is unchanged."""
+    from custody.settings import get_settings
+    from flows.migrate import MigrateParams, migrate_tables
+    from tasks.approval import ApprovalInput
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no Secret blocks to look up
+    for name in ("EHR", "LEGACY_EHR"):
+        monkeypatch.setenv(f"CUSTODY_CONNECTIONS__{name}", "postgresql://localhost/x")
+    get_settings.cache_clear()
+    try:
+        schema = parameter_schema(migrate_tables).model_dump()
+        definitions = schema["definitions"]
+        [params] = [
+            d for d in definitions.values() if d.get("title") == MigrateParams.model_config["title"]
+        ]
+        for field in ("source", "target"):
+            assert params["properties"][field]["enum"] == ["ehr", "legacy_ehr"]
+        assert MigrateParams(source="elsewhere", target="ehr").source == "elsewhere"
+    finally:
+        get_settings.cache_clear()
+    reason = ApprovalInput.model_json_schema()["properties"]["reason"]
+    assert (reason["type"], reason["default"]) == ("string", "") and "anyOf" not in reason

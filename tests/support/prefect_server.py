@@ -34,9 +34,10 @@ STARTUP_TIMEOUT_S = 180
 
 #: Services the tests do not use; off, they leave the CPU to the flows (2 cores). The scheduler
 #: stays on (the tests check that schedules deployed switched off create no runs), and so do
-#: the task-run recorder and the repossessor (concurrency leases).
+#: the task-run recorder, the repossessor (concurrency leases) and the triggers (automations:
+#: `custody automations install` is tested here).
 _UNUSED_SERVICES = (
-    "FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "CANCELLATION_CLEANUP", "TRIGGERS",
+    "FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "CANCELLATION_CLEANUP",
     "EVENT_PERSISTER",
 )  # fmt: skip
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field, computed_field
 
 from custody.chunks import BatchResult
-from custody.prefect_glue import publish_link, publish_markdown, publish_table
+from custody.prefect_glue import publish_location, publish_markdown, publish_table
 
 
 class PolicyPlan(BaseModel):
@@ -90,10 +90,15 @@ class ArchiveResult(BaseModel):
         }
 
 
-def publish_plan(job_id: str, plans: list[PolicyPlan]) -> None:
-    """Dry run: eligible rows, bytes and objects per policy, as markdown."""
+def publish_plan(job_id: str, plans: list[PolicyPlan], dry_run: bool = True) -> None:
+    """Eligible rows, bytes and objects per policy, as markdown (dry run, or before approval)."""
+    state = (
+        "dry run: nothing was changed"
+        if dry_run
+        else "waiting for approval: nothing archived or deleted yet; see the approval artifact"
+    )
     lines = [
-        f"# Archive plan `{job_id}` (dry run: nothing was changed)",
+        f"# Archive plan `{job_id}` ({state})",
         "",
         "| policy | table | cutoff | eligible rows | estimated bytes | objects |",
         "|---|---|---|---|---|---|",
@@ -143,4 +148,4 @@ def publish_result(result: ArchiveResult, location: str) -> None:
         f"Objects and manifests: {location}; manifest rows in `custody.archive_manifest`.",
     ]
     publish_markdown(f"archive-report-{result.job_id}", "\n".join(lines))
-    publish_link(f"archive-location-{result.job_id}", location, "Where this run's objects are")
+    publish_location(f"archive-location-{result.job_id}", location, "Where this run's objects are")

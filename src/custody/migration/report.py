@@ -103,10 +103,15 @@ class MigrationResult(BaseModel):
         }  # fmt: skip
 
 
-def publish_plan(job_id: str, tables: list[TableInfo], chunk_size: int) -> None:
-    """Dry run: the plan as a markdown artifact (tables, row estimates, chunks, copy path)."""
+def publish_plan(
+    job_id: str, tables: list[TableInfo], chunk_size: int, dry_run: bool = True
+) -> None:
+    """The plan as a markdown artifact (tables, row estimates, chunks, copy path).
+
+    Published by a dry run, and by a run that waits for approval before replacing rows.
+    """
     lines = [
-        f"# Migration plan `{job_id}` (dry run: nothing was changed)",
+        f"# Migration plan `{job_id}` ({_PLAN_STATE[dry_run]})",
         "",
         "| table | estimated rows | chunks | chunk key | COPY format |",
         "|---|---|---|---|---|",
@@ -118,6 +123,12 @@ def publish_plan(job_id: str, tables: list[TableInfo], chunk_size: int) -> None:
             f"{'binary' if t.binary_safe else 'text'} |"
         )
     publish_markdown(f"migration-plan-{job_id}", "\n".join(lines))
+
+
+_PLAN_STATE = {
+    True: "dry run: nothing was changed",
+    False: "waiting for approval: nothing changed yet; see the approval artifact",
+}
 
 
 def publish_result(result: MigrationResult) -> None:
