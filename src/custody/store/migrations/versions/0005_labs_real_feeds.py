@@ -1,6 +1,6 @@
 """Lab ingestion on real feeds: time zone provenance, sender critical flags, history, counts.
 
-Revision ID: 0005_labs
+Revision ID: 0005
 Revises: 0004
 """
 
@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from custody.db import UTCDateTime
 
-revision = "0005_labs"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None

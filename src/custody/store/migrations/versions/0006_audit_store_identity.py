@@ -4,8 +4,8 @@ The head's signature binds this id, the counter and the time of the last append 
 chain and head copied from another store signed with the same key cannot stand in for this one,
 and anchors (which copy the id out of the database) tell the two stores apart.
 
-Revision ID: 0005_audit
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 import uuid
@@ -13,8 +13,8 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_audit"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -8,14 +8,14 @@ default partition, creates the month, copies the month's rows into it through th
 removes them from the detached default and attaches it again. Rows are moved whole, so the chain
 verifies unchanged; nothing is lost if any step fails (the transaction rolls back).
 
-Revision ID: 0006_audit
-Revises: 0005_audit
+Revision ID: 0007
+Revises: 0006
 """
 
 from alembic import op
 
-revision = "0006_audit"
-down_revision = "0005_audit"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
