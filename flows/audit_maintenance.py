@@ -24,7 +24,7 @@ class AuditMaintenanceParams(BaseModel):
         default=3, ge=1, le=24, title="Months of partitions",
         description="Monthly audit_log partitions to have in place from this month on "
         "(PostgreSQL; SQLite has none). Events of a month without one land in the default "
-        "partition, which later blocks creating that month's partition.",
+        "partition and are moved into the month's partition when it is created.",
     )  # fmt: skip
     verify_chain: bool = Field(
         default=True, title="Verify the audit chain",

@@ -24,10 +24,10 @@ from tasks.runtime import runtime
 def ensure_audit_partitions(months: int, today: dt.date | None = None) -> dict[str, Any]:
     """Create the monthly partitions from this month on, so no event lands in the default one.
 
-    PostgreSQL refuses a new partition whose range the default partition already holds rows
-    for, so the partitions must exist before their month starts; running this daily with a few
-    months ahead keeps that true even if a run or two fails. Idempotent: existing partitions
-    are left alone.
+    Events of a month without a partition land in the default partition; creating that month
+    later moves them into it in the same transaction (migration 0006_audit), so nothing blocks,
+    but the move locks the table briefly: running this daily with a few months ahead avoids it.
+    Idempotent: existing partitions are left alone.
 
     Returns:
         The store's dialect, the first month (``YYYY-MM``), the months covered and how many

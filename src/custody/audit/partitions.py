@@ -12,9 +12,9 @@ from custody.db import is_postgres
 def ensure_partitions(engine: Engine, start: dt.date, months: int) -> int:
     """Create the monthly partitions from ``start``'s month for ``months`` months.
 
-    Events whose month has no partition land in ``audit_log_default``; create partitions before
-    back-filling history, since PostgreSQL refuses a new partition whose range the default
-    partition already holds rows for.
+    Events whose month has no partition land in ``audit_log_default``. Creating their month
+    later moves them into the new partition in the same transaction (the default partition is
+    detached and re-attached around the move), so such rows never block this call.
 
     Returns:
         How many partitions were created (0 on SQLite, which has none).

@@ -149,3 +149,23 @@ def test_issue_15_item_3_a_chain_from_another_store_with_the_same_key_does_not_s
         c.execute(text("UPDATE audit_chain_head SET store_id = :s"), {"s": mine})
     broken = verify_chain(pg_store, keyring)
     assert not broken.ok and "head signature mismatch" in (broken.reason or "")
+
+
+def test_a_head_signed_before_store_identities_still_verifies_and_says_so(
+    store: Engine, keyring: Keyring
+) -> None:
+    AuditLog(store, keyring).log_batch(list(phi_events(3)))
+    with store.begin() as c:  # as migration 0005 leaves a store written by the earlier code
+        head = c.execute(select(audit_chain_head)).one()
+        c.execute(
+            audit_chain_head.update().values(signature=keyring.sign_head(head.seq, head.row_hash))
+        )
+    legacy = verify_chain(store, keyring)
+    assert legacy.ok and legacy.legacy_head and "v1 form" in legacy.describe()
+    with store.begin() as c:  # a v1 signature over another seq is still a forgery
+        c.execute(audit_chain_head.update().values(signature=keyring.sign_head(2, head.row_hash)))
+    assert "head signature mismatch" in (verify_chain(store, keyring).reason or "")
+    with store.begin() as c:
+        c.execute(audit_chain_head.update().values(signature=head.signature))
+    AuditLog(store, keyring).log(next(phi_events(1, start=3)))  # the next append re-signs (v2)
+    assert not verify_chain(store, keyring).legacy_head
