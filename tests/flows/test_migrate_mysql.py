@@ -192,7 +192,7 @@ def test_every_type_family_arrives_as_the_rules_say_and_a_changed_value_is_caugh
         and types["dt"] == "timestamp(6) without time zone"
     )
     assert types["j"] == "jsonb" and types["lt"] == "text" and types["lb"] == "bytea"
-    assert types["f"] == "real" and types["b64"] == "numeric(20,0)"
+    assert types["f"] == "real" and types["b64"] == "numeric(20,0)" and types["g"] == "bytea"
     assert dnn_nullable == ("YES",) and collation == ("C",)
     assert blob == (10 * 1024 * 1024,)
     assert next_id == (1000,)  # AUTO_INCREMENT=1000 carried over
