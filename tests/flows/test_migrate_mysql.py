@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from custody.audit import Keyring, verify_chain
 from flows.migrate import MigrateParams, migrate_tables
@@ -156,6 +156,18 @@ def test_every_type_family_arrives_as_the_rules_say_and_a_changed_value_is_caugh
     chunks = {t.table: t.chunks for t in result.tables}
     assert chunks["no_key"] == 1  # no key at all: one streamed chunk, count and hash
     assert chunks["unique_key"] == 2  # a unique NOT NULL key chunks like a primary key
+    with pg_store.connect() as c:
+        completed = c.execute(
+            text("SELECT details FROM audit_log WHERE action = 'data.migration.completed'")
+        ).scalar_one()
+        per_chunk = c.execute(
+            text(
+                "SELECT details FROM audit_log WHERE action = 'data.migration.chunk_processed' "
+                "AND details ? 'zero_dates.dnn'"
+            )
+        ).all()
+    assert completed["zero_dates"] == result.casts["zero_dates"]
+    assert sum(r.details["zero_dates.dnn"] for r in per_chunk) == 2  # each chunk its own
     assert result.casts["zero_dates"] == {
         "every_type.dd": 1, "every_type.dt": 1, "every_type.ts": 1, "every_type.dnn": 2,
     }  # fmt: skip
