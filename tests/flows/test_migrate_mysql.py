@@ -245,14 +245,14 @@ def test_sigkill_at_three_points_of_a_mariadb_run_then_resume_converges(
     mysql_databases: MariaDBFactory,
 ) -> None:
     src, dst = mysql_databases.create("kill"), pg_databases.create("kill")
-    make_visits(src, 200_000)
+    make_visits(src, 100_000)
     store_url = pg_store.url.render_as_string(hide_password=False)
     env = {
         **os.environ,
         **custody_env(store_url, {"src": src, "dst": dst}),
         "PREFECT_API_URL": prefect_api,
     }
-    params = {"source": "src", "target": "dst", "tables": ["visits"], "chunk_size": 10_000,
+    params = {"source": "src", "target": "dst", "tables": ["visits"], "chunk_size": 5_000,
               "max_concurrency": 2, "job_id": "my-kill"}  # fmt: skip
     args = flow_command("flows.migrate", "migrate_tables", "MigrateParams", params)
     before: dict[int, tuple[str, int, object]] = {}
@@ -271,15 +271,15 @@ def test_sigkill_at_three_points_of_a_mariadb_run_then_resume_converges(
     assert processed_per_chunk(pg_store, "data.migration.chunk_processed") == {
         n: 1 for n in range(20)
     }
-    assert assert_table_equal(src, dst, "public", "visits", booleans={"urgent"}) == 200_000
+    assert assert_table_equal(src, dst, "public", "visits", booleans={"urgent"}) == 100_000
     with psycopg.connect(dst) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM visits").fetchone() == (
-            200_000,
-            200_000,
+            100_000,
+            100_000,
         )
         assert conn.execute(
             "SELECT nextval(pg_get_serial_sequence('visits', 'id'))"
-        ).fetchone() == (200_001,)
+        ).fetchone() == (100_001,)
     assert verify_chain(pg_store, KEYRING).ok
 
 
