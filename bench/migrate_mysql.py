@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--task-runner", choices=["threads", "dask"], default="threads",
+        help="dask: chunks in a local cluster of --concurrency processes (no shared GIL)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -157,6 +161,8 @@ def main() -> None:
             "CUSTODY_HMAC_KEYS": json.dumps({"bench": "b" * 32}),
             "CUSTODY_CONNECTIONS__BENCH_SRC": f"{base}/{source_db}",
             "CUSTODY_CONNECTIONS__BENCH_DST": dst,
+            "CUSTODY_TASK_RUNNER": args.task_runner,
+            "CUSTODY_DASK_WORKERS": str(args.concurrency),
         })  # fmt: skip
         from custody.db import get_engine
         from custody.store import upgrade
@@ -184,6 +190,7 @@ def main() -> None:
     print(json.dumps({
         "rows": args.rows,
         "chunk_size": args.chunk_size,
+        "task_runner": args.task_runner,
         "ours_per_s": ours_per_s,
         "ours_seconds": round(ours, 2),
         "verified_chunks": sum(t.verified_now for t in result.tables),

@@ -163,6 +163,8 @@ def prepare_target_schema(
     src, dst = rt.engine(source), rt.engine(target)
     names = [t.name for t in tables]
     if is_mysql(src):
+        if not is_postgres(dst):
+            raise MigrationRefusedError("a MySQL/MariaDB source migrates into PostgreSQL only")
         return mysql_source.create_target_tables(dst, schema, tables, create_schema)
     if both_postgres(src, dst):
         outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema, copy_grants)

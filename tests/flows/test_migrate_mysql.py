@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from custody.audit import Keyring, verify_chain
 from flows.migrate import MigrateParams, migrate_tables
@@ -156,6 +156,18 @@ def test_every_type_family_arrives_as_the_rules_say_and_a_changed_value_is_caugh
     chunks = {t.table: t.chunks for t in result.tables}
     assert chunks["no_key"] == 1  # no key at all: one streamed chunk, count and hash
     assert chunks["unique_key"] == 2  # a unique NOT NULL key chunks like a primary key
+    with pg_store.connect() as c:
+        completed = c.execute(
+            text("SELECT details FROM audit_log WHERE action = 'data.migration.completed'")
+        ).scalar_one()
+        per_chunk = c.execute(
+            text(
+                "SELECT details FROM audit_log WHERE action = 'data.migration.chunk_processed' "
+                "AND details ? 'zero_dates.dnn'"
+            )
+        ).all()
+    assert completed["zero_dates"] == result.casts["zero_dates"]
+    assert sum(r.details["zero_dates.dnn"] for r in per_chunk) == 2  # each chunk its own
     assert result.casts["zero_dates"] == {
         "every_type.dd": 1, "every_type.dt": 1, "every_type.ts": 1, "every_type.dnn": 2,
     }  # fmt: skip
@@ -192,7 +204,7 @@ def test_every_type_family_arrives_as_the_rules_say_and_a_changed_value_is_caugh
         and types["dt"] == "timestamp(6) without time zone"
     )
     assert types["j"] == "jsonb" and types["lt"] == "text" and types["lb"] == "bytea"
-    assert types["f"] == "real" and types["b64"] == "numeric(20,0)"
+    assert types["f"] == "real" and types["b64"] == "numeric(20,0)" and types["g"] == "bytea"
     assert dnn_nullable == ("YES",) and collation == ("C",)
     assert blob == (10 * 1024 * 1024,)
     assert next_id == (1000,)  # AUTO_INCREMENT=1000 carried over
@@ -233,14 +245,14 @@ def test_sigkill_at_three_points_of_a_mariadb_run_then_resume_converges(
     mysql_databases: MariaDBFactory,
 ) -> None:
     src, dst = mysql_databases.create("kill"), pg_databases.create("kill")
-    make_visits(src, 200_000)
+    make_visits(src, 100_000)
     store_url = pg_store.url.render_as_string(hide_password=False)
     env = {
         **os.environ,
         **custody_env(store_url, {"src": src, "dst": dst}),
         "PREFECT_API_URL": prefect_api,
     }
-    params = {"source": "src", "target": "dst", "tables": ["visits"], "chunk_size": 10_000,
+    params = {"source": "src", "target": "dst", "tables": ["visits"], "chunk_size": 5_000,
               "max_concurrency": 2, "job_id": "my-kill"}  # fmt: skip
     args = flow_command("flows.migrate", "migrate_tables", "MigrateParams", params)
     before: dict[int, tuple[str, int, object]] = {}
@@ -259,15 +271,15 @@ def test_sigkill_at_three_points_of_a_mariadb_run_then_resume_converges(
     assert processed_per_chunk(pg_store, "data.migration.chunk_processed") == {
         n: 1 for n in range(20)
     }
-    assert assert_table_equal(src, dst, "public", "visits", booleans={"urgent"}) == 200_000
+    assert assert_table_equal(src, dst, "public", "visits", booleans={"urgent"}) == 100_000
     with psycopg.connect(dst) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM visits").fetchone() == (
-            200_000,
-            200_000,
+            100_000,
+            100_000,
         )
         assert conn.execute(
             "SELECT nextval(pg_get_serial_sequence('visits', 'id'))"
-        ).fetchone() == (200_001,)
+        ).fetchone() == (100_001,)
     assert verify_chain(pg_store, KEYRING).ok
 
 

@@ -52,6 +52,8 @@ def _target_value(value: Any) -> Any:
 
 
 _DATES = {"date", "datetime", "timestamp"}
+_GEOMETRY = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+             "multipolygon", "geometrycollection"}  # fmt: skip
 
 
 def _key(row: list[Any]) -> str:
@@ -79,7 +81,12 @@ def mysql_rows(
             q = "`" + name.replace("`", "``") + "`"
             # The rule: zero and partial-zero dates (year, month or day 0) arrive as NULL.
             zero = f"YEAR({q}) = 0 OR MONTH({q}) = 0 OR DAYOFMONTH({q}) = 0"
-            select.append(f"IF({zero}, NULL, {q})" if dtype in _DATES else q)
+            if dtype in _DATES:
+                select.append(f"IF({zero}, NULL, {q})")
+            elif dtype in _GEOMETRY:  # the rule: geometry arrives as its WKB
+                select.append(f"ST_AsBinary({q})")
+            else:
+                select.append(q)
         cur.execute(f"SELECT {', '.join(select)} FROM `{table.replace('`', '``')}`")
         rows = [
             [

@@ -26,7 +26,7 @@ SCHEMA = [
       e enum('red','green') DEFAULT 'red', s set('a','b','c') DEFAULT 'a,b', y year,
       dd date, dt datetime(6), ts timestamp(3) NULL DEFAULT NULL, tm time, tmo time(3),
       dnn date NOT NULL DEFAULT '2000-01-01', created datetime DEFAULT current_timestamp(),
-      j json,
+      j json, g point,
       KEY idx_vc (vc), UNIQUE KEY uq_c (c), KEY idx_prefix (t(10))
     ) ENGINE=InnoDB AUTO_INCREMENT=1000""",
     "CREATE TABLE no_key (a varchar(10), b int) ENGINE=InnoDB",
@@ -60,6 +60,7 @@ ROWS = [
     " '2024-02-29', '2024-02-29 12:34:56.123456', '2024-02-29 12:34:56.789', '12:00:00',"
     " '30:00:00', 'abc ', 'x')",
     f"UPDATE every_type SET lb = REPEAT(UNHEX('00FF7F80'), {BLOB_BYTES // 4}) WHERE id = 3",
+    "UPDATE every_type SET g = ST_GeomFromText('POINT(1.5 -2)') WHERE id = 2",
     "INSERT INTO no_key VALUES ('a', 1), ('a', 1), (NULL, NULL), ('😀', 2)",
     "INSERT INTO unique_key VALUES (5, 'five'), (7, 'seven'), (9, NULL)",
     "INSERT INTO legacy_aria VALUES (1, 'aria'), (2, 'row')",

@@ -93,3 +93,21 @@ def test_chunk_key_is_an_integer_primary_or_unique_not_null_key() -> None:
     assert plan.key_column is None and "FULLTEXT index ft" in plan.not_migrated
     plan, _ = mapping(table(col("txt", "text"), indexes=(ft,)))
     assert "USING gin (to_tsvector('simple'::regconfig" in plan.post_data[0]
+
+
+def test_the_ordered_stream_hash_does_not_depend_on_batching() -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    from custody.migration.mysql.copy import StreamHash
+
+    rows = [
+        [i, f"r{i}", Decimal("1.50"), dt.datetime(2020, 1, 1, 0, 0, i), b"\x00"] for i in range(9)
+    ]
+    one, two, changed = StreamHash(), StreamHash(), StreamHash()
+    one.add_all(rows)
+    for start in range(0, 9, 4):
+        two.add_all(rows[start : start + 4])
+    changed.add_all([*rows[:8], [8, "r8", Decimal("1.51"), rows[8][3], b"\x00"]])
+    assert (one.count, one.hexdigest) == (two.count, two.hexdigest) == (9, two.hexdigest)
+    assert changed.hexdigest != one.hexdigest
