@@ -318,6 +318,7 @@ def test_the_flows_run_as_ingest_and_the_chain_verifies_as_reporting(
 
     set_custody_env(monkeypatch, store_url=granted.ingest_url)
     monkeypatch.setenv("CUSTODY_OBJECT_STORE_URL", (tmp_path / "objects").as_uri())
+    monkeypatch.setenv("CUSTODY_LAB_INBOX_ROOTS", f'["{tmp_path / "inbox"}"]')
     (tmp_path / "inbox").mkdir()
     (tmp_path / "inbox" / "k.hl7").write_bytes(CRITICAL_K.replace(b"CRIT-0001", b"CRIT-ROLE"))
     ingested = ingest_lab_results(IngestParams(source=str(tmp_path / "inbox")))
