@@ -31,7 +31,7 @@ if ! command -v mariadb_config >/dev/null 2>&1; then
   fi
 fi
 
-echo "==> setting up $venv (pinned dependencies, about 1-2 minutes the first time)" >&2
+echo "==> setting up $venv (pinned dependencies; 10-60 s with a warm uv cache, longer on a cold one)" >&2
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip uv >&2
 # uv resolves and installs the pinned set several times faster than pip.

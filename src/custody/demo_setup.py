@@ -308,7 +308,8 @@ def render_summary(summary: DemoSummary, where: dict[str, str], ui: str) -> str:
         "In the Prefect UI",
         f"  {ui}",
         "  artifacts: custody-demo-summary, migration-summary-*, archive-summary-*,\n"
-        "  ingest-summary-*, compliance-reports-*, report-* (links to the stored reports)",
+        "  ingest-summary-*, compliance-reports-*, report-* (where each report is, and the\n"
+        "  custody store get command that copies it out, checked)",
         "",
         "Verify the audit chain yourself (demo.env holds the demo's HMAC key)",
         f"  (set -a; . {Path(where['work_dir']) / 'demo.env'}; "

@@ -119,7 +119,7 @@ def start_prefect_server(root: Path) -> PrefectServer:
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",  # tests/flows/test_ui_tour.py drives it in Chromium
     }
     for service in _UNUSED_SERVICES:
         server_env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
