@@ -58,11 +58,12 @@ def check_table(
 ) -> QualityResult:
     """Row count, key uniqueness and NOT NULL columns of one table, checked by GX in SQL.
 
-    On PostgreSQL the suite runs over a query naming the table and its checked columns, quoted
-    (GX lower-cases a table name it is given: "PatientRecords" would not be found). Columns of
-    a type SQLAlchemy cannot describe (composite, geometric, xml, pg_lsn, reg*, ...) make GX's
-    column-type metric fail, and with it every column expectation: those columns are checked
-    through their text form (NULL stays NULL, equal values stay equal), and ``notes`` says so.
+    On PostgreSQL the suite runs over a query of the table's checked columns, every name quoted
+    (given a table, GX lower-cases its name and its column names: "PatientRecords" and "Name"
+    would not be found). Columns of a type SQLAlchemy cannot describe (composite, geometric,
+    xml, pg_lsn, ...) would make GX's column-type metric fail, and with it every column
+    expectation: they are checked through their text form (NULL stays NULL, equal values stay
+    equal), and ``notes`` says so.
     """
     import great_expectations as gx
 

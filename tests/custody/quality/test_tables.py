@@ -71,3 +71,19 @@ def test_a_duplicate_key_of_an_indescribable_type_fails_the_gate(pg_url: str) ->
     result = _gx(pg_url, unique=("loc",))  # both rows hold (1,2)
     assert not result.success
     assert result.failed == ["expect_column_values_to_be_unique(loc)"]
+
+
+def test_mixed_case_table_and_column_names_are_found(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            'CREATE SCHEMA "Ward B"; CREATE TABLE "Ward B"."PatientRecords" ("Id" int PRIMARY '
+            'KEY, "Name" text NOT NULL); '
+            'INSERT INTO "Ward B"."PatientRecords" VALUES (1, \'a\')'
+        )
+    sa_url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    good = check_table(sa_url, "Ward B", "PatientRecords", expected_rows=1, unique_key=("Id",),
+                       not_null=("Name",))  # fmt: skip
+    bad = check_table(sa_url, "Ward B", "PatientRecords", expected_rows=2, unique_key=("Id",),
+                      not_null=("Name",))  # fmt: skip
+    assert (good.success, good.evaluated, good.notes) == (True, 4, [])
+    assert bad.failed == ["expect_table_row_count_to_equal()"]
