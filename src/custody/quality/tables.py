@@ -58,12 +58,13 @@ def check_table(
 ) -> QualityResult:
     """Row count, key uniqueness and NOT NULL columns of one table, checked by GX in SQL.
 
-    On PostgreSQL the suite runs over a query of the table's checked columns, every name quoted
-    (given a table, GX lower-cases its name and its column names: "PatientRecords" and "Name"
-    would not be found). Columns of a type SQLAlchemy cannot describe (composite, geometric,
-    xml, pg_lsn, ...) would make GX's column-type metric fail, and with it every column
-    expectation: they are checked through their text form (NULL stays NULL, equal values stay
-    equal), and ``notes`` says so.
+    On PostgreSQL the table and schema reach GX as quoted names (a plain name GX lower-cases:
+    "PatientRecords" would not be found). GX also lower-cases checked column names that are
+    not all lower case ("Name"), and a column of a type SQLAlchemy cannot describe (composite,
+    geometric, xml, pg_lsn, ...) makes GX's column-type metric fail, and with it every column
+    expectation. For such tables the suite runs over a query of the checked columns, every name
+    quoted, those columns cast to text (NULL stays NULL, equal values stay equal), and
+    ``notes`` says so. GX reads that query's result once in full to learn its columns.
     """
     import great_expectations as gx
 
@@ -76,7 +77,19 @@ def check_table(
     else:
         query, notes = _pg_query(url, schema, table, (*unique_key, *not_null))
         source = context.data_sources.add_postgres(name=name, connection_string=url)
-        asset = source.add_query_asset(name="checked-table", query=query)
+        checked = (*unique_key, *not_null)
+        if notes or any(c != c.lower() for c in checked):
+            # GX reads a query's whole result once to learn its columns: memory grows with the
+            # table, so the query is only for tables GX cannot check directly.
+            asset = source.add_query_asset(name="checked-table", query=query)
+        else:
+            from sqlalchemy import quoted_name
+
+            asset = source.add_table_asset(
+                name="checked-table",
+                table_name=quoted_name(table, quote=True),
+                schema_name=quoted_name(schema, quote=True),
+            )
     batch = asset.add_batch_definition_whole_table("whole-table")
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-{table}"))
     if expected_rows is not None:
