@@ -75,10 +75,10 @@ def check_table(
         source = context.data_sources.add_sqlite(name=name, connection_string=url)
         asset = source.add_table_asset(name=table, table_name=table)
     else:
-        query, notes = _pg_query(url, schema, table, (*unique_key, *not_null))
-        source = context.data_sources.add_postgres(name=name, connection_string=url)
         checked = (*unique_key, *not_null)
-        if notes or any(c != c.lower() for c in checked):
+        query, notes, opaque = _pg_query(url, schema, table, checked)
+        source = context.data_sources.add_postgres(name=name, connection_string=url)
+        if opaque or any(c != c.lower() for c in checked):
             # GX reads a query's whole result once to learn its columns: memory grows with the
             # table, so the query is only for tables GX cannot check directly.
             asset = source.add_query_asset(name="checked-table", query=query)
@@ -119,8 +119,14 @@ def check_table(
     return QualityResult(table, bool(result.success), len(result.results), failed, notes)
 
 
-def _pg_query(url: str, schema: str, table: str, columns: tuple[str, ...]) -> tuple[str, list[str]]:
-    """``SELECT`` of the checked columns, as text where SQLAlchemy cannot describe the type."""
+def _pg_query(
+    url: str, schema: str, table: str, columns: tuple[str, ...]
+) -> tuple[str, list[str], bool]:
+    """``SELECT`` of the checked columns, as text where SQLAlchemy cannot describe the type.
+
+    Also returns notes naming those columns, and whether the table has any such column at all
+    (then GX cannot check the table itself: its column-type metric fails).
+    """
     from sqlalchemy import create_engine, exc, inspect
     from sqlalchemy.types import NullType
 
@@ -133,13 +139,14 @@ def _pg_query(url: str, schema: str, table: str, columns: tuple[str, ...]) -> tu
             described = {c["name"]: c["type"] for c in inspect(engine).get_columns(table, schema)}
     finally:
         engine.dispose()
+    opaque = {name for name, kind in described.items() if isinstance(kind, NullType)}
     parts, notes = [], []
     for column in dict.fromkeys(columns):
         quoted = quote_pg(column)
-        if isinstance(described.get(column), NullType):
+        if column in opaque:
             parts.append(f"CAST({quoted} AS text) AS {quoted}")
             notes.append(f"{column}: type unknown to GX, checked as text")
         else:
             parts.append(quoted)
     select = ", ".join(parts) or "1 AS custody_row"
-    return f"SELECT {select} FROM {quote_pg(schema)}.{quote_pg(table)}", notes
+    return f"SELECT {select} FROM {quote_pg(schema)}.{quote_pg(table)}", notes, bool(opaque)

@@ -12,12 +12,12 @@ from custody.quality.tables import check_table
 TABLE = """
 CREATE SCHEMA "Clinic Data";
 CREATE TYPE "Clinic Data".pair AS (a int, b text);
-CREATE TABLE "Clinic Data"."PatientRecords" (
+CREATE TABLE "Clinic Data"."PatientRecords" (spare xml,
     "Record Id" int PRIMARY KEY, loc point NOT NULL, doc xml NOT NULL, lsn pg_lsn NOT NULL,
     c "Clinic Data".pair NOT NULL, r regclass NOT NULL, "Name" text NOT NULL);
 INSERT INTO "Clinic Data"."PatientRecords" VALUES
-    (1, '(1,2)', '<a/>', '0/1', ROW(1, 'x'), 'pg_class', 'a'),
-    (2, '(1,2)', '<b/>', '0/2', ROW(2, 'y'), 'pg_type', 'b');
+    (NULL, 1, '(1,2)', '<a/>', '0/1', ROW(1, 'x'), 'pg_class', 'a'),
+    (NULL, 2, '(1,2)', '<b/>', '0/2', ROW(2, 'y'), 'pg_type', 'b');
 """
 NN = "expect_column_values_to_not_be_null"
 NOT_NULL = ("loc", "doc", "lsn", "c", "r", "Name")
@@ -50,7 +50,7 @@ def test_quoted_names_and_types_gx_cannot_describe_pass_and_are_named(
         ("UPDATE {t} SET loc = NULL WHERE id = 1", f"{NN}(loc)"),
         ("UPDATE {t} SET c = NULL WHERE id = 2", f"{NN}(c)"),
         ("UPDATE {t} SET \"Name\" = NULL WHERE id = 2", f"{NN}(Name)"),
-        ("INSERT INTO {t} VALUES (3, '(0,0)', '<c/>', '0/3', ROW(3, 'z'), 'pg_proc', 'c')",
+        ("INSERT INTO {t} VALUES (NULL, 3, '(0,0)', '<c/>', '0/3', ROW(3, 'z'), 'pg_proc', 'c')",
          "expect_table_row_count_to_equal()"),
     ],
 )  # fmt: skip
