@@ -170,20 +170,44 @@ def checked_type(type_name: str) -> str:
     return type_name
 
 
-_COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod,
-       a.attgenerated <> '', a.attidentity
-FROM pg_attribute a
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+_HOLDS_XML = """
+(WITH RECURSIVE inside(oid) AS (
+    SELECT a.atttypid
+    UNION
+    SELECT x.child FROM inside i JOIN pg_type t ON t.oid = i.oid
+    CROSS JOIN LATERAL (
+        SELECT NULLIF(t.typelem, 0) UNION ALL SELECT NULLIF(t.typbasetype, 0)
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+            WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngmultitypid = t.oid
+    ) x(child) WHERE x.child IS NOT NULL
+) SELECT bool_or(oid = 'pg_catalog.xml'::regtype) FROM inside)
 """
-_TYPE = """
-SELECT t.typname, t.typtype, t.typcategory, t.typbasetype, t.typtypmod, t.typelem,
-       t.typrelid, t.typsend::oid, n.nspname, p.proname, format_type(t.oid, %s),
-       t.typsubscript = 'array_subscript_handler'::regproc
-FROM pg_type t LEFT JOIN pg_proc p ON p.oid = t.typsend
-LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE t.oid = %s
+_TYPE_COLUMNS = """
+t.oid, t.typname, t.typtype, t.typcategory, t.typbasetype, t.typtypmod, t.typelem, t.typrelid,
+t.typsend::oid, n.nspname, p.proname, format_type(t.oid, {typmod}),
+t.typsubscript = 'array_subscript_handler'::regproc, COALESCE(et.typtype, '')
 """
+_TYPE_JOINS = """
+LEFT JOIN pg_proc p ON p.oid = t.typsend LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
+LEFT JOIN pg_type et ON et.oid = t.typelem
+"""
+# One query for every column and its type (several more only for domains).
+_COLUMNS = (
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypmod, "
+    "a.attgenerated <> '', a.attidentity, "
+    + _HOLDS_XML
+    + ", "
+    + _TYPE_COLUMNS.format(typmod="a.atttypmod")
+    + " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    + _TYPE_JOINS
+    + " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+)
+_TYPE = (
+    "SELECT " + _TYPE_COLUMNS.format(typmod="%s") + " FROM pg_type t " + _TYPE_JOINS
+    + " WHERE t.oid = %s"
+)  # fmt: skip
 
 
 def archive_columns(conn: psycopg.Connection[Any], relid: int, table: str) -> list[ArchiveColumn]:
@@ -197,15 +221,10 @@ def archive_columns(conn: psycopg.Connection[Any], relid: int, table: str) -> li
     """
     found = conn.execute(_COLUMNS, (relid,)).fetchall()
     return [
-        _classify(conn, table, str(name), str(pg_type), int(oid), int(mod), bool(gen), str(ident))
-        for name, pg_type, oid, mod, gen, ident in found
-    ]
-
-
-def _type_row(conn: psycopg.Connection[Any], oid: int, typmod: int) -> tuple[Any, ...]:
-    row = conn.execute(_TYPE, (typmod, oid)).fetchone()
-    assert row is not None
-    return tuple(row)
+        _classify(conn, table, str(r[0]), str(r[1]), int(r[2]), bool(r[3]), str(r[4]),
+                  bool(r[5]), tuple(r[6:]))
+        for r in found
+    ]  # fmt: skip
 
 
 def _classify(
@@ -213,37 +232,41 @@ def _classify(
     table: str,
     name: str,
     pg_type: str,
-    oid: int,
     typmod: int,
     generated: bool,
     identity: str,
+    holds_xml: bool,
+    row: tuple[Any, ...],
 ) -> ArchiveColumn:
-    row = _type_row(conn, oid, typmod)
-    is_domain = row[1] == "d"
-    while row[1] == "d":  # a domain: its base type decides
-        oid, typmod = int(row[3]), int(row[4])
-        row = _type_row(conn, oid, typmod)
-    typname, typtype, _, _, _, elem, relid, send_oid, nsp, proname, base, is_array = row
+    is_domain = row[2] == "d"
+    while row[2] == "d":  # a domain: its base type decides
+        found = conn.execute(_TYPE, (int(row[5]), int(row[4]))).fetchone()
+        assert found is not None
+        row = tuple(found)
+    oid, typname, typtype, elem, relid, send_oid = row[0], row[1], row[2], row[6], row[7], row[8]
+    nsp, proname, base, is_array, elem_kind = row[9], row[10], row[11], row[12], row[13]
     column = ArchiveColumn(name=name, pg_type=pg_type, canon="text", generated=generated,
                            identity=identity)  # fmt: skip
-    if _holds_xml(conn, oid):
-        if typname == "xml" and oid < FIRST_USER_OID:
+    builtin = oid < FIRST_USER_OID
+    if holds_xml:
+        if typname == "xml" and builtin:
             return _with(column, canon="xml")
         raise ColumnRefusedError(
             f"table {table!r}, column {name!r} ({pg_type}): xml inside an array or a composite "
             "cannot be archived exactly (PostgreSQL's output drops its XML declaration)"
         )
-    if typname.startswith("reg") and oid < FIRST_USER_OID:
+    if typname.startswith("reg") and builtin:
         return _with(column, canon="oid", arrow="int64")
     if relid or not send_oid:  # composite, or no send function: the exact text form
         return column
-    if is_array and (elem >= FIRST_USER_OID or _type_row(conn, elem, -1)[1] != "b"):
+    if is_array and (elem >= FIRST_USER_OID or elem_kind != "b"):
         return column  # array_send would carry the element type's database-specific OID
     if typtype not in ("b", "e", "r", "m"):
         return column
     return _with(
         column, canon="send", send=f"{nsp}.{proname}", base_type=str(base) if is_domain else "",
-        arrow=_arrow_name(typname, oid, str(base)) if not is_array else "text",
+        arrow=_arrow_name(typname, builtin, str(base)) if not is_array
+        else "text",
     )  # fmt: skip
 
 
@@ -253,8 +276,8 @@ def _with(column: ArchiveColumn, **changes: Any) -> ArchiveColumn:
     return replace(column, **changes)
 
 
-def _arrow_name(typname: str, oid: int, formatted: str) -> str:
-    if oid >= FIRST_USER_OID:
+def _arrow_name(typname: str, builtin: bool, formatted: str) -> str:
+    if not builtin:
         return "text"
     if typname in _BY_TYPNAME:
         return _BY_TYPNAME[typname]
@@ -262,29 +285,6 @@ def _arrow_name(typname: str, oid: int, formatted: str) -> str:
     if numeric and 0 <= int(numeric[2]) <= int(numeric[1]) <= 38:
         return f"decimal({numeric[1]},{numeric[2]})"
     return "text"
-
-
-def _holds_xml(conn: psycopg.Connection[Any], oid: int) -> bool:
-    """Whether the type is xml, or holds xml anywhere (arrays, composites, domains, ranges)."""
-    row = conn.execute(
-        """
-        WITH RECURSIVE inside(oid) AS (
-            SELECT %s::oid
-            UNION
-            SELECT x.child FROM inside i JOIN pg_type t ON t.oid = i.oid
-            CROSS JOIN LATERAL (
-                SELECT NULLIF(t.typelem, 0) UNION ALL SELECT NULLIF(t.typbasetype, 0)
-                UNION ALL SELECT a.atttypid FROM pg_attribute a
-                    WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
-                UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
-                UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngmultitypid = t.oid
-            ) x(child) WHERE x.child IS NOT NULL
-        )
-        SELECT bool_or(oid = 'pg_catalog.xml'::regtype) FROM inside
-        """,
-        (oid,),
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def row_hash_sql(columns: list[ArchiveColumn], alias: str | None = None) -> sql.Composable:

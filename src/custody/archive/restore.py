@@ -83,8 +83,8 @@ def restore_object(
         # that must not travel with the exception into Prefect's logs, states or persisted
         # results, not even as its __context__: raised below, outside this block.
         failed = ArchiveRestoreError(
-            f"{where}: the table did not take its rows back ({safe_error(exc)}); "
-            "nothing was restored",
+            f"archive {row.archive_id} (object {row.object_key}): table {row.table_name} did "
+            f"not take its rows back ({safe_error(exc)}); nothing was restored",
             transient=is_transient(exc),
         )
     raise failed
