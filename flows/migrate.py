@@ -172,6 +172,7 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
                 batch,
                 time.monotonic() - started,
                 runtime().ledger.summary(spec.job_id)["rows"],
+                info.notes,
             )
         )
     result = MigrationResult(job_id=job_id, tables=results)

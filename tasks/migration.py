@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from custody.chunks import ChunkWork, JobPlan, JobSpec, plan_key_ranges
 from custody.db import is_postgres
 from custody.errors import CustodyError
 from custody.identifiers import check_name, quote_pg, reflect_table
-from custody.migration.catalog import TableInfo, describe_table, list_tables
+from custody.migration.catalog import TableInfo, describe_table, list_tables, needs_byte_order
 from custody.migration.compat import check_target_columns as compat_check
 from custody.migration.generic import describe_table_generic, list_tables_generic
 from custody.migration.objects import (
@@ -60,9 +61,18 @@ def chunk_work(
 ) -> ChunkWork:
     """Streamed COPY between two PostgreSQL servers; the generic batched path otherwise."""
     rt = runtime()
-    if both_postgres(rt.engine(source), rt.engine(target)):
+    src, dst = rt.engine(source), rt.engine(target)
+    if both_postgres(src, dst):
+        info = with_key_order(src, dst, info)
         return PgRangeCopy(source, target, info, verify, replace_existing)
     return CopyRangeWork(source, target, info.name, info.key_column or "")
+
+
+def with_key_order(src: Engine, dst: Engine, info: TableInfo) -> TableInfo:
+    """``info`` with ``byte_order_key`` set when the two databases order its text key apart."""
+    if not info.text_key:
+        return info
+    return dataclasses.replace(info, byte_order_key=needs_byte_order(src, dst, info))
 
 
 @task(
@@ -141,7 +151,11 @@ def prepare_target_schema(
     if both_postgres(src, dst):
         outcome = _prepare_postgres_tables(src, dst, schema, names, create_schema, copy_grants)
         if outcome == "created":  # never change the structure of a user's own tables
-            add_load_indexes(dst, schema, {t.name: t.key_column for t in tables if t.key_column})
+            keys = {t.name: t.key_column for t in tables if t.key_column}
+            ordered = frozenset(
+                t.name for t in tables if with_key_order(src, dst, t).byte_order_key
+            )
+            add_load_indexes(dst, schema, keys, ordered)
         return outcome
     created = False
     for name in names:
@@ -243,7 +257,10 @@ def plan_migration(
         if info.key_column is None:
             return [(None, None)]  # no usable key: one verified chunk, streamed
         table = reflect_table(src, info.name, info.schema or None)
-        planned = plan_key_ranges(src, table, info.key_column, spec.chunk_size)
+        ordered = with_key_order(src, dst, info) if both_postgres(src, dst) else info
+        planned = plan_key_ranges(
+            src, table, info.key_column, spec.chunk_size, byte_order=ordered.byte_order_key
+        )
         if replace_existing:
             # The target may hold keys the source no longer has, above its largest key (or any
             # key, if it has none left): the last chunk is open above, so that its DELETE

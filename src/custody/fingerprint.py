@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -40,9 +41,16 @@ def _default(value: Any) -> Any:
     return {"$r": repr(value)}
 
 
+def _float(value: Any) -> Any:
+    # orjson writes NaN and ±Infinity as null: they would hash like NULL.
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$f": repr(value)}
+    return value
+
+
 def row_bytes(row: Sequence[Any]) -> bytes:
     """Canonical bytes of one row (values in column order)."""
-    return orjson.dumps(list(row), default=_default, option=_OPTIONS)
+    return orjson.dumps([_float(v) for v in row], default=_default, option=_OPTIONS)
 
 
 class Fingerprint:

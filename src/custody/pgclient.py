@@ -50,6 +50,8 @@ def libpq_dsn(url: URL) -> str:
         "user": url.username,
         "password": url.password,
         "dbname": url.database,
+        # Text crosses between databases as bytes: always UTF-8, whatever each server holds.
+        "client_encoding": "UTF8",
         **{k: v for k, v in url.query.items() if isinstance(v, str)},
     }
     return psycopg.conninfo.make_conninfo(
@@ -66,6 +68,7 @@ def libpq_env(url: URL) -> dict[str, str]:
         "PGUSER": url.username,
         "PGPASSWORD": url.password,
         "PGDATABASE": url.database,
+        "PGCLIENTENCODING": "UTF8",  # psql and pg_dump speak UTF-8, like every connection
         **{_QUERY_ENV[k]: v for k, v in url.query.items() if k in _QUERY_ENV},
     }
     env.update({k: str(v) for k, v in values.items() if v})

@@ -31,3 +31,8 @@ def test_equal_values_hash_equal_across_representations() -> None:
     plus2 = utc.astimezone(dt.timezone(dt.timedelta(hours=2)))
     assert digest([(Decimal("1.50"), utc)]) == digest([(Decimal("1.5"), plus2)])
     assert digest([(1,)]) != digest([("1",)])
+
+
+def test_float_specials_differ_from_null_and_from_each_other() -> None:
+    specials = [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, None]
+    assert len({digest([(v,)]) for v in specials}) == len(specials)

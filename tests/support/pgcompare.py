@@ -117,17 +117,24 @@ def differences(src_url: str, dst_url: str, schema: str = "public") -> list[str]
 
 
 def mutate_one(
-    url: str, schema: str, table: str, column: str, new_value: str | None = None
+    url: str,
+    schema: str,
+    table: str,
+    column: str,
+    new_value: str | None = None,
+    where: str | None = None,
 ) -> None:
     """Change ``column`` in one row of ``table`` (target side), leaving every other row alone.
 
     ``new_value`` is an SQL expression (it may use the column, e.g. ``"x" || 'z'``); without
     one, the value becomes another row's different value, or NULL, or (was NULL) the column's
-    text form of ``'0'``. Raises if nothing changed.
+    text form of ``'0'``. ``where`` (SQL) picks the row; otherwise the first by the column's
+    text. Raises unless exactly one row changed.
     """
     col, rel = sql.Identifier(column), sql.Identifier(schema, table)
     with psycopg.connect(url) as conn:
         conn.execute(SESSION)
+        conn.execute(sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(schema)))
         if new_value is not None:
             expr: sql.Composable = sql.SQL(new_value)
         else:
@@ -143,13 +150,20 @@ def mutate_one(
                 ).format(c=col, r=rel)
             else:
                 expr = sql.SQL("CASE WHEN {c} IS NULL THEN '0' ELSE NULL END").format(c=col)
+        pick = (
+            sql.SQL("(SELECT ctid FROM ONLY {r} WHERE {w} LIMIT 1)").format(r=rel, w=sql.SQL(where))
+            if where
+            else sql.SQL(
+                "(SELECT ctid FROM ONLY {r} ORDER BY {c}::text NULLS FIRST LIMIT 1)"
+            ).format(r=rel, c=col)
+        )
         changed = conn.execute(
             sql.SQL(
-                "UPDATE ONLY {r} AS x SET {c} = {e} WHERE ctid = "
-                "(SELECT ctid FROM ONLY {r} ORDER BY {c}::text NULLS FIRST LIMIT 1)"
-            ).format(r=rel, c=col, e=expr)
+                "UPDATE ONLY {r} AS x SET {c} = {e} WHERE ctid = {p} "
+                "AND ({c})::text IS DISTINCT FROM ({e})::text"  # a real change, not a no-op
+            ).format(r=rel, c=col, e=expr, p=pick)
         ).rowcount
-        assert changed == 1, f"nothing to mutate in {schema}.{table}"
+        assert changed == 1, f"no value of {schema}.{table}.{column} changed"
 
 
 def reverify(
@@ -171,8 +185,11 @@ def reverify(
     from custody.migration.catalog import describe_table
     from custody.migration.pgcopy import verify_range
     from custody.settings import get_settings
+    from tasks.migration import with_key_order
 
-    info = describe_table(get_engine(get_settings().connection_url(source)), schema, table)
+    settings = get_settings()
+    src, dst = (get_engine(settings.connection_url(n)) for n in (source, target))
+    info = with_key_order(src, dst, describe_table(src, schema, table))
     chunks = [Chunk(job_id="reverify", chunk_no=0, lower=None, upper=None)]
     if store is not None and job_id is not None:
         import orjson

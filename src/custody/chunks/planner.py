@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Connection, Engine, Table, func, literal_column, select
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    func,
+    literal_column,
+    select,
+)
 
 from custody.chunks.models import KeyValue
 from custody.identifiers import check_column
@@ -11,20 +22,22 @@ KeyRange = tuple[KeyValue | None, KeyValue | None]
 
 
 def plan_key_ranges(
-    engine: Engine, table: Table, key_column: str, chunk_size: int
+    engine: Engine, table: Table, key_column: str, chunk_size: int, *, byte_order: bool = False
 ) -> list[KeyRange]:
     """Split ``table`` into ranges of ``chunk_size`` keys, as ``(lower, upper]`` pairs.
 
     The first range is open below; the last ends at the largest key present now, so a resumed
     job re-checks exactly the rows it planned. An empty table gives no ranges. Keys must be
     unique for chunks to have exactly ``chunk_size`` rows (non-unique keys still give correct,
-    only uneven, chunks).
+    only uneven, chunks). ``byte_order``: a text key ordered ``COLLATE "C"``, as the chunks'
+    range predicates will compare it (one ordered pass: the key's index has another order).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    key = table.c[check_column(table, key_column)]
+    column = table.c[check_column(table, key_column)]
+    key: ColumnElement[Any] = column.collate("C") if byte_order else column
     with engine.connect() as connection:
-        if _leads_an_index(table, key):
+        if not byte_order and _leads_an_index(table, column):
             boundaries = _seek_boundaries(connection, key, chunk_size)
         else:
             boundaries = _numbered_boundaries(connection, key, chunk_size)
@@ -44,7 +57,7 @@ def _leads_an_index(table: Table, key: Column[object]) -> bool:
     return any(list(index.columns)[:1] == [key] for index in table.indexes)
 
 
-def _seek_boundaries(connection: Connection, key: Column[object], size: int) -> list[KeyValue]:
+def _seek_boundaries(connection: Connection, key: ColumnElement[Any], size: int) -> list[KeyValue]:
     """Each boundary starts from the previous one (``key > last``) and steps ``size`` entries.
 
     Every index entry is read once in all, like the window query below, but without numbering
@@ -60,7 +73,9 @@ def _seek_boundaries(connection: Connection, key: Column[object], size: int) -> 
         boundaries.append(_key(value))
 
 
-def _numbered_boundaries(connection: Connection, key: Column[object], size: int) -> list[KeyValue]:
+def _numbered_boundaries(
+    connection: Connection, key: ColumnElement[Any], size: int
+) -> list[KeyValue]:
     """One ordered pass numbering every row: for keys without an index to seek along."""
     numbered = select(key.label("k"), func.row_number().over(order_by=key).label("rn")).subquery()
     query = select(numbered.c.k).where(literal_column("rn") % size == 0).order_by(numbered.c.k)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from sqlalchemy import Engine, text
 
 from custody.errors import CustodyError
-from custody.migration.catalog import TableInfo
+from custody.migration.catalog import TEXT_FORM, TableInfo
 
 _COLUMNS = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type,
@@ -101,4 +101,12 @@ def check_target_columns(
         )
     if not widened:
         return info
-    return replace(info, binary_safe=False, hash_method="text", widened=tuple(widened))
+    # Each side's own binary forms differ (int4send vs int8send): widened columns are copied as
+    # text and fingerprinted by their text, which a faithful cast keeps.
+    forms = tuple(
+        TEXT_FORM if column in widened else form
+        for column, form in zip(info.hash_columns, info.canonical, strict=True)
+    )
+    return replace(
+        info, binary_safe=False, hash_method="text", canonical=forms, widened=tuple(widened)
+    )

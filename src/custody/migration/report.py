@@ -27,17 +27,27 @@ class TableResult(BaseModel):
     seconds: float
     failures: list[str] = Field(default_factory=list)
     quality: QualityResult | None = None
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Columns compared in a weaker sense than byte for byte (names, not data)",
+    )
 
     @classmethod
     def from_batch(
-        cls, table: str, job_id: str, batch: BatchResult, seconds: float, verified_rows: int
+        cls,
+        table: str,
+        job_id: str,
+        batch: BatchResult,
+        seconds: float,
+        verified_rows: int,
+        notes: tuple[str, ...] = (),
     ) -> TableResult:
         """Summarise a table's BatchResult (verified_rows counts all runs of the job)."""
         return cls(
             table=table, job_id=job_id, chunks=batch.total, verified_now=batch.successful,
             already_verified=batch.skipped, failed_chunks=batch.failed, rows_copied=batch.rows,
             verified_rows=verified_rows, seconds=round(seconds, 3),
-            failures=[f"{f.ref}: {f.error}" for f in batch.failures],
+            failures=[f"{f.ref}: {f.error}" for f in batch.failures], notes=list(notes),
         )  # fmt: skip
 
 
@@ -129,6 +139,13 @@ def publish_result(result: MigrationResult) -> None:
                   "", "Full errors: `job_chunks` ledger and `dead_letters`."]  # fmt: skip
     if quality:
         lines += ["", "## Failed quality checks", "", *[f"- {q}" for q in quality]]
+    notes = [f"{t.table}.{n}" for t in result.tables for n in t.notes]
+    if notes:
+        lines += ["", "## Not compared byte for byte", "", *[f"- {n}" for n in notes[:200]]]
+    gx_notes = [f"{t.table}.{n}" for t in result.tables if t.quality for n in t.quality.notes]
+    if gx_notes:
+        lines += ["", "## Quality checks on a column's text form", "",
+                  *[f"- {n}" for n in gx_notes[:200]]]  # fmt: skip
     if result.notes:
         lines += ["", "## Not migrated", "", *[f"- {n}" for n in result.notes]]
     publish_markdown(f"migration-report-{result.job_id}", "\n".join(lines))

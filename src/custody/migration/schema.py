@@ -168,6 +168,7 @@ def sync_sequences(source: Engine, target: Engine, schema: str) -> int:
 
 
 LOAD_INDEX_PREFIX = "custody_load_"
+_C = ' COLLATE "C"'
 
 
 def _load_index_name(table: str) -> str:
@@ -175,13 +176,17 @@ def _load_index_name(table: str) -> str:
     return LOAD_INDEX_PREFIX + hashlib.sha256(table.encode()).hexdigest()[:16]
 
 
-def add_load_indexes(engine: Engine, schema: str, keys: dict[str, str]) -> int:
+def add_load_indexes(
+    engine: Engine, schema: str, keys: dict[str, str], byte_order: frozenset[str] = frozenset()
+) -> int:
     """Give each target table ``{table: key column}`` a BRIN index on its key while it loads.
 
     The primary key comes only after the data (post-data), so without this every chunk's
     verification scans the whole target table: quadratic in its size. A BRIN index costs almost
     nothing per inserted row and narrows each chunk's scan to the pages its COPY wrote. Tables
-    that already have an index starting with the key are left alone. Returns how many were added.
+    that already have an index starting with the key are left alone. Tables in ``byte_order``
+    have text keys that chunks compare ``COLLATE "C"``: their index is in that order. Returns
+    how many were added.
     """
     check_name(schema, "schema name")
     added = 0
@@ -201,7 +206,8 @@ def add_load_indexes(engine: Engine, schema: str, keys: dict[str, str]) -> int:
             if indexed is None:
                 c.exec_driver_sql(
                     f"CREATE INDEX IF NOT EXISTS {quote_pg(_load_index_name(table))} "
-                    f"ON {quote_pg(schema)}.{quote_pg(table)} USING brin ({quote_pg(key)})"
+                    f"ON {quote_pg(schema)}.{quote_pg(table)} USING brin ({quote_pg(key)}"
+                    f"{_C if table in byte_order else ''})"
                 )
                 added += 1
     return added

@@ -76,3 +76,19 @@ def test_a_changed_target_value_is_reported_by_reverification(
     mutate_one(dst, "public", "items", "payload")
     assert differences(src, dst) == ["items: rows differ", "items.payload: values differ"]
     assert reverify("src", "dst", "public", "items") == [0]
+
+
+@pytest.mark.parametrize("method", ["record", "text"])
+def test_a_column_named_like_the_row_alias_does_not_narrow_the_row_hash(
+    method: str, pg_url: str
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE x (r int, t int, other text); INSERT INTO x VALUES (1, 1, 'a')")
+        query = psycopg.sql.SQL("SELECT r, t, other FROM x")
+        before = pgcopy.fingerprint(conn.cursor(), query, method=method)
+        returned = pgcopy.fingerprint_returning(
+            conn.cursor(), psycopg.sql.SQL("SELECT r, t, other FROM x"), method=method
+        )
+        conn.execute("UPDATE x SET other = 'b'")
+        after = pgcopy.fingerprint(conn.cursor(), query, method=method)
+    assert before == returned and before != after

@@ -1,0 +1,73 @@
+"""The table gate on tables this project did not write: quoted names, types GX cannot describe."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import pytest
+
+from custody.quality.tables import check_table
+
+TABLE = """
+CREATE SCHEMA "Clinic Data";
+CREATE TYPE "Clinic Data".pair AS (a int, b text);
+CREATE TABLE "Clinic Data"."PatientRecords" (
+    "Record Id" int PRIMARY KEY, loc point NOT NULL, doc xml NOT NULL, lsn pg_lsn NOT NULL,
+    c "Clinic Data".pair NOT NULL, r regclass NOT NULL, "Name" text NOT NULL);
+INSERT INTO "Clinic Data"."PatientRecords" VALUES
+    (1, '(1,2)', '<a/>', '0/1', ROW(1, 'x'), 'pg_class', 'a'),
+    (2, '(1,2)', '<b/>', '0/2', ROW(2, 'y'), 'pg_type', 'b');
+"""
+NN = "expect_column_values_to_not_be_null"
+NOT_NULL = ("loc", "doc", "lsn", "c", "r", "Name")
+
+
+def _gx(url: str, expected_rows: int = 2, unique: tuple[str, ...] = ("Record Id",)):  # type: ignore[no-untyped-def]
+    sa_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return check_table(
+        sa_url, "Clinic Data", "PatientRecords", expected_rows=expected_rows,
+        unique_key=unique, not_null=NOT_NULL,
+    )  # fmt: skip
+
+
+def test_quoted_names_and_types_gx_cannot_describe_pass_and_are_named(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(TABLE)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO):
+        result = _gx(pg_url)
+    assert result.success and result.failed == [] and result.evaluated == 9
+    assert sorted(n.split(":")[0] for n in result.notes) == ["c", "doc", "loc", "lsn"]
+    assert all("checked as text" in n for n in result.notes)
+    assert not [r for r in caplog.records if "ephemeral docs site" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("change", "failed"),
+    [
+        ("UPDATE {t} SET loc = NULL WHERE id = 1", f"{NN}(loc)"),
+        ("UPDATE {t} SET c = NULL WHERE id = 2", f"{NN}(c)"),
+        ("UPDATE {t} SET \"Name\" = NULL WHERE id = 2", f"{NN}(Name)"),
+        ("INSERT INTO {t} VALUES (3, '(0,0)', '<c/>', '0/3', ROW(3, 'z'), 'pg_proc', 'c')",
+         "expect_table_row_count_to_equal()"),
+    ],
+)  # fmt: skip
+def test_a_changed_value_fails_the_gate(pg_url: str, change: str, failed: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(TABLE)  # type: ignore[arg-type]
+        table = '"Clinic Data"."PatientRecords"'
+        for column in ("loc", "c", "Name"):
+            conn.execute(f'ALTER TABLE {table} ALTER "{column}" DROP NOT NULL')  # type: ignore[arg-type]
+        conn.execute(change.format(t=table).replace("id =", '"Record Id" ='))  # type: ignore[arg-type]
+    result = _gx(pg_url)
+    assert not result.success and result.failed == [failed]
+
+
+def test_a_duplicate_key_of_an_indescribable_type_fails_the_gate(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(TABLE)  # type: ignore[arg-type]
+    result = _gx(pg_url, unique=("loc",))  # both rows hold (1,2)
+    assert not result.success
+    assert result.failed == ["expect_column_values_to_be_unique(loc)"]
