@@ -314,22 +314,27 @@ def _has_rows(engine: Engine, info: TableInfo) -> bool:
     **_NO_CACHE,
 )
 def finalize_target_schema(
-    source: str, target: str, schema: str, tables: list[TableInfo], copy_grants: bool = True
+    source: str,
+    target: str,
+    schema: str,
+    tables: list[TableInfo] | None = None,
+    copy_grants: bool = True,
 ) -> tuple[dict[str, int], list[str]]:
     """After the data: post-data per table, materialized views refreshed, sequences set.
 
     Keys, indexes, foreign keys and triggers go to each table that has none of its own; then
     materialized views are refreshed and sequences take the source's state. Returns counts and
     notes for the report (foreign keys and views not migrated, roles or sequences the target
-    lacks).
+    lacks). Without ``tables``: every table of the schema.
     """
     rt = runtime()
     src, dst = rt.engine(source), rt.engine(target)
     if is_mysql(src):
-        return mysql_source.finalize_target(dst, tables), []
+        return mysql_source.finalize_target(dst, tables or []), []
     if not both_postgres(src, dst):
         return {"post_data_tables": 0, "sequences": 0}, []
-    scope = schema_scope(src, schema, [t.name for t in tables])
+    names = list_tables(src, schema) if tables is None else [t.name for t in tables]
+    scope = schema_scope(src, schema, names)
     drop_load_indexes(dst, schema)  # before looking at the tables: they are not the source's
     bare = set(tables_without_post_data(dst, schema, scope.tables))
     wanted: set[ObjectId] = set()

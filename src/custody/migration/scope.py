@@ -308,6 +308,24 @@ def _views(c: Connection, scope: SchemaScope, functions: set[int]) -> None:
         ),
         {"s": scope.schema, "first": FIRST_USER_OID},
     ).all()
+    # The schema's own types too, even those no column uses: values can name them (a regtype
+    # column holding 'mood'), and pg_dump's schema copy always brought them.
+    own_types = c.execute(
+        text(
+            "SELECT t.oid, ARRAY("
+            "  SELECT t.typbasetype WHERE t.typbasetype <> 0"
+            "  UNION ALL SELECT a.atttypid FROM pg_attribute a WHERE t.typrelid <> 0"
+            "    AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped"
+            "  UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid"
+            ") AS deps "
+            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname = :s AND t.typtype IN ('e', 'd', 'c', 'r') "
+            "AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') "
+            "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass "
+            "  AND d.objid = t.oid AND d.deptype = 'e')"
+        ),
+        {"s": scope.schema},
+    ).all()
     rels = set(scope.relation_oids)
     extension_procs = {
         int(p)
@@ -325,6 +343,12 @@ def _views(c: Connection, scope: SchemaScope, functions: set[int]) -> None:
     while changed:
         changed = False
         types = _available_types(c, scope, rels)
+        for oid, deps in own_types:
+            if (PG_TYPE, oid) not in scope.pre_data and all(
+                d < FIRST_USER_OID or d in types for d in deps
+            ):
+                scope.pre_data.add((PG_TYPE, int(oid)))
+                changed = True
         for oid, sig_types, procs in candidates:
             if oid in functions:
                 continue

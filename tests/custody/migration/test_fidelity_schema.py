@@ -86,21 +86,6 @@ NAMES = [
 ]
 
 
-@pytest.fixture
-def gx_without_odd_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GX gate does not quote names yet (issue 13 item 5, branch migverify): bypass it.
-
-    Only the names case uses this; remove it once the GX step takes any legal name.
-    """
-    from custody.quality import QualityResult
-
-    def skipped(target: str, info: object, expected_rows: int) -> QualityResult:
-        return QualityResult(info.name, True, 0, [])  # type: ignore[attr-defined]
-
-    monkeypatch.setattr("flows.migrate.check_target_table", skipped)
-
-
-@pytest.mark.usefixtures("gx_without_odd_names")
 def test_any_legal_name_migrates_and_keeps_its_real_name(
     dbs: tuple[str, str], pg_store: Engine
 ) -> None:
@@ -109,15 +94,19 @@ def test_any_legal_name_migrates_and_keeps_its_real_name(
     ddl = [f'CREATE SCHEMA "{schema}"']
     for i, name in enumerate(NAMES):
         q = name.replace('"', '""')
+        # The key is "id": GX's uniqueness check cannot take a key column with a double quote
+        # in its name yet (reported); every other step gets the odd name as a column too.
         ddl.append(
-            f'CREATE TABLE "{schema}"."{q}" ("{q}" int PRIMARY KEY, "Value Col" text, "order" int)'
+            f'CREATE TABLE "{schema}"."{q}" (id int PRIMARY KEY, "{q}" int, "Value Col" text, '
+            '"order" int)'
         )
         ddl.append(
-            f'INSERT INTO "{schema}"."{q}" SELECT g, \'v\' || g, {i} FROM generate_series(1, 7) g'
+            f'INSERT INTO "{schema}"."{q}" SELECT g, g, \'v\' || g, {i} '
+            "FROM generate_series(1, 7) g"
         )
     run_sql(src, ";".join(ddl))
-    _, result = migrate(schema_name=schema, job_id="names-1")
-    assert result.status == "success", result.model_dump_json()
+    _, result = migrate(schema_name=schema, job_id="names-1", chunk_size=4)
+    assert result.status == "success", _failures(result)
     assert sorted(t.table for t in result.tables) == sorted(NAMES)
     assert len({t.job_id for t in result.tables}) == len(NAMES)
     assert differences(src, dst, schema) == []
@@ -221,8 +210,17 @@ OBJECT_CASES = {
     "cross_schema": Case(
         'CREATE SCHEMA "{p}Types"; CREATE DOMAIN "{p}Types".pos AS int CHECK (VALUE > 0); '
         'CREATE DOMAIN "{p}Types".code AS varchar(9) COLLATE "C"; '
-        'CREATE TABLE {p}t (id int PRIMARY KEY, v "{p}Types".pos, c "{p}Types".code); '
-        "INSERT INTO {p}t SELECT g, g, 'c' || g FROM " + ROWS
+        "CREATE TYPE \"{p}Types\".mood AS ENUM ('sad', 'ok'); "
+        'CREATE TYPE "{p}Types".pair AS (a "{p}Types".pos, m "{p}Types".mood); '
+        'CREATE TABLE {p}t (id int PRIMARY KEY, v "{p}Types".pos, c "{p}Types".code, '
+        'm "{p}Types".mood, ms "{p}Types".mood[], p "{p}Types".pair); '
+        "INSERT INTO {p}t SELECT g, g, 'c' || g, 'ok', ARRAY['sad', 'ok']::\"{p}Types\".mood[], "
+        "ROW(g, 'sad')::\"{p}Types\".pair FROM " + ROWS
+    ),
+    "hstore": Case(
+        "CREATE SCHEMA {p}ext; CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA {p}ext; "
+        "CREATE TABLE {p}t (id int PRIMARY KEY, v text, h {p}ext.hstore); "
+        "INSERT INTO {p}t SELECT g, 'v' || g, {p}ext.hstore('k', g::text) FROM " + ROWS
     ),
     "citext": Case(
         "CREATE EXTENSION IF NOT EXISTS citext; "
