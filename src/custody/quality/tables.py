@@ -58,11 +58,13 @@ def check_table(
 ) -> QualityResult:
     """Row count, key uniqueness and NOT NULL columns of one table, checked by GX in SQL.
 
-    On PostgreSQL the suite runs over a query naming the table and its checked columns, quoted
-    (GX lower-cases a table name it is given: "PatientRecords" would not be found). Columns of
-    a type SQLAlchemy cannot describe (composite, geometric, xml, pg_lsn, reg*, ...) make GX's
-    column-type metric fail, and with it every column expectation: those columns are checked
-    through their text form (NULL stays NULL, equal values stay equal), and ``notes`` says so.
+    On PostgreSQL the table and schema reach GX as quoted names (a plain name GX lower-cases:
+    "PatientRecords" would not be found). GX also lower-cases checked column names that are
+    not all lower case ("Name"), and a column of a type SQLAlchemy cannot describe (composite,
+    geometric, xml, pg_lsn, ...) makes GX's column-type metric fail, and with it every column
+    expectation. For such tables the suite runs over a query of the checked columns, every name
+    quoted, those columns cast to text (NULL stays NULL, equal values stay equal), and
+    ``notes`` says so. GX reads that query's result once in full to learn its columns.
     """
     import great_expectations as gx
 
@@ -73,9 +75,21 @@ def check_table(
         source = context.data_sources.add_sqlite(name=name, connection_string=url)
         asset = source.add_table_asset(name=table, table_name=table)
     else:
-        query, notes = _pg_query(url, schema, table, (*unique_key, *not_null))
+        checked = (*unique_key, *not_null)
+        query, notes, opaque = _pg_query(url, schema, table, checked)
         source = context.data_sources.add_postgres(name=name, connection_string=url)
-        asset = source.add_query_asset(name="checked-table", query=query)
+        if opaque or any(c != c.lower() for c in checked):
+            # GX reads a query's whole result once to learn its columns: memory grows with the
+            # table, so the query is only for tables GX cannot check directly.
+            asset = source.add_query_asset(name="checked-table", query=query)
+        else:
+            from sqlalchemy import quoted_name
+
+            asset = source.add_table_asset(
+                name="checked-table",
+                table_name=quoted_name(table, quote=True),
+                schema_name=quoted_name(schema, quote=True),
+            )
     batch = asset.add_batch_definition_whole_table("whole-table")
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-{table}"))
     if expected_rows is not None:
@@ -105,8 +119,14 @@ def check_table(
     return QualityResult(table, bool(result.success), len(result.results), failed, notes)
 
 
-def _pg_query(url: str, schema: str, table: str, columns: tuple[str, ...]) -> tuple[str, list[str]]:
-    """``SELECT`` of the checked columns, as text where SQLAlchemy cannot describe the type."""
+def _pg_query(
+    url: str, schema: str, table: str, columns: tuple[str, ...]
+) -> tuple[str, list[str], bool]:
+    """``SELECT`` of the checked columns, as text where SQLAlchemy cannot describe the type.
+
+    Also returns notes naming those columns, and whether the table has any such column at all
+    (then GX cannot check the table itself: its column-type metric fails).
+    """
     from sqlalchemy import create_engine, exc, inspect
     from sqlalchemy.types import NullType
 
@@ -119,13 +139,14 @@ def _pg_query(url: str, schema: str, table: str, columns: tuple[str, ...]) -> tu
             described = {c["name"]: c["type"] for c in inspect(engine).get_columns(table, schema)}
     finally:
         engine.dispose()
+    opaque = {name for name, kind in described.items() if isinstance(kind, NullType)}
     parts, notes = [], []
     for column in dict.fromkeys(columns):
         quoted = quote_pg(column)
-        if isinstance(described.get(column), NullType):
+        if column in opaque:
             parts.append(f"CAST({quoted} AS text) AS {quoted}")
             notes.append(f"{column}: type unknown to GX, checked as text")
         else:
             parts.append(quoted)
     select = ", ".join(parts) or "1 AS custody_row"
-    return f"SELECT {select} FROM {quote_pg(schema)}.{quote_pg(table)}", notes
+    return f"SELECT {select} FROM {quote_pg(schema)}.{quote_pg(table)}", notes, bool(opaque)

@@ -12,12 +12,12 @@ from custody.quality.tables import check_table
 TABLE = """
 CREATE SCHEMA "Clinic Data";
 CREATE TYPE "Clinic Data".pair AS (a int, b text);
-CREATE TABLE "Clinic Data"."PatientRecords" (
+CREATE TABLE "Clinic Data"."PatientRecords" (spare xml,
     "Record Id" int PRIMARY KEY, loc point NOT NULL, doc xml NOT NULL, lsn pg_lsn NOT NULL,
     c "Clinic Data".pair NOT NULL, r regclass NOT NULL, "Name" text NOT NULL);
 INSERT INTO "Clinic Data"."PatientRecords" VALUES
-    (1, '(1,2)', '<a/>', '0/1', ROW(1, 'x'), 'pg_class', 'a'),
-    (2, '(1,2)', '<b/>', '0/2', ROW(2, 'y'), 'pg_type', 'b');
+    (NULL, 1, '(1,2)', '<a/>', '0/1', ROW(1, 'x'), 'pg_class', 'a'),
+    (NULL, 2, '(1,2)', '<b/>', '0/2', ROW(2, 'y'), 'pg_type', 'b');
 """
 NN = "expect_column_values_to_not_be_null"
 NOT_NULL = ("loc", "doc", "lsn", "c", "r", "Name")
@@ -50,7 +50,7 @@ def test_quoted_names_and_types_gx_cannot_describe_pass_and_are_named(
         ("UPDATE {t} SET loc = NULL WHERE id = 1", f"{NN}(loc)"),
         ("UPDATE {t} SET c = NULL WHERE id = 2", f"{NN}(c)"),
         ("UPDATE {t} SET \"Name\" = NULL WHERE id = 2", f"{NN}(Name)"),
-        ("INSERT INTO {t} VALUES (3, '(0,0)', '<c/>', '0/3', ROW(3, 'z'), 'pg_proc', 'c')",
+        ("INSERT INTO {t} VALUES (NULL, 3, '(0,0)', '<c/>', '0/3', ROW(3, 'z'), 'pg_proc', 'c')",
          "expect_table_row_count_to_equal()"),
     ],
 )  # fmt: skip
@@ -71,3 +71,19 @@ def test_a_duplicate_key_of_an_indescribable_type_fails_the_gate(pg_url: str) ->
     result = _gx(pg_url, unique=("loc",))  # both rows hold (1,2)
     assert not result.success
     assert result.failed == ["expect_column_values_to_be_unique(loc)"]
+
+
+def test_mixed_case_table_and_column_names_are_found(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            'CREATE SCHEMA "Ward B"; CREATE TABLE "Ward B"."PatientRecords" ("Id" int PRIMARY '
+            'KEY, "Name" text NOT NULL); '
+            'INSERT INTO "Ward B"."PatientRecords" VALUES (1, \'a\')'
+        )
+    sa_url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    good = check_table(sa_url, "Ward B", "PatientRecords", expected_rows=1, unique_key=("Id",),
+                       not_null=("Name",))  # fmt: skip
+    bad = check_table(sa_url, "Ward B", "PatientRecords", expected_rows=2, unique_key=("Id",),
+                      not_null=("Name",))  # fmt: skip
+    assert (good.success, good.evaluated, good.notes) == (True, 4, [])
+    assert bad.failed == ["expect_table_row_count_to_equal()"]
