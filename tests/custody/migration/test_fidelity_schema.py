@@ -560,3 +560,16 @@ def test_rerun_with_replace_existing_after_source_deletes(
     assert second.status == "success", _failures(second)
     assert differences(src, dst) == []
     assert_mutation_found(dst, pg_store, "again-2", "public", "t", "v")
+
+
+def test_grants_are_left_out_when_copy_grants_is_off(dbs: tuple[str, str]) -> None:
+    src, dst = dbs
+    run_sql(
+        src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); GRANT SELECT, UPDATE (v) ON t TO PUBLIC; "
+        "INSERT INTO t VALUES (1, 'a')",
+    )
+    _, result = migrate(tables=["t"], job_id="no-grants", copy_grants=False)
+    assert result.status == "success", _failures(result)
+    assert differences(src, dst) == []
+    assert len(grants(src, "public")) == 2 and grants(dst, "public") == set()
