@@ -74,6 +74,13 @@ def anchor_audit_chain(params: AnchorParams) -> dict[str, Any] | State[Any]:
         )  # fmt: skip
         publish_audit_artifacts("anchor-audit-chain")
         return Failed(message=f"not anchored: {chain['reason'] or earlier['reason']}")
+    # The verification is itself an audit fact, and it gives a new store's empty chain a head,
+    # so the first scheduled anchor never fails for want of events.
+    record_event(
+        "audit.chain.verified", AuditStatus.SUCCESS, "audit_chain", params.prefix,
+        details={"events_checked": chain["events_checked"], "last_seq": chain["last_seq"],
+                 "earlier_anchors": earlier["anchors_checked"]},
+    )  # fmt: skip
     anchored = write_audit_anchor(
         params.destination, params.prefix, params.object_lock, params.keep_days
     )

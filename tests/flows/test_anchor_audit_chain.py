@@ -30,19 +30,21 @@ def test_anchors_then_refuses_a_rewritten_chain(
     params = AnchorParams(destination=(tmp_path / "objects").as_uri())
 
     first = anchor_audit_chain(params)
-    assert isinstance(first, dict) and first["seq"] == 8
+    # The run records its verification first, so the anchor covers it too.
+    assert isinstance(first, dict) and first["seq"] == 9
     objects = LocalStore(tmp_path / "objects")
     (stored,) = list(objects.list("audit-anchors"))
     anchor = Anchor.from_json(objects.get(stored.key))
-    assert (anchor.seq, stored.retention is not None) == (8, True)
+    assert (anchor.seq, stored.retention is not None) == (9, True)
 
     rewrite_chain_from(pg_store, keyring, 4)
     state = anchor_audit_chain(params, return_state=True)
-    assert state.is_failed() and "seq 8" in (state.message or "")
+    assert state.is_failed() and "seq 9" in (state.message or "")
     assert len(list(objects.list("audit-anchors"))) == 1
     with pg_store.connect() as conn:
         actions = conn.execute(select(audit_log.c.action).order_by(audit_log.c.seq)).scalars()
         assert [a for a in actions if a.startswith("audit.chain.")] == [
+            "audit.chain.verified",
             "audit.chain.anchored",
             "audit.chain.anchor_refused",
         ]
