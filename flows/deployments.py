@@ -130,8 +130,6 @@ async def _serve(deployments: list[RunnerDeployment], limit: int | None) -> None
             stop()
 
     runner = _Runner(pause_on_shutdown=True, limit=limit)
-    for deployment in deployments:
-        await runner.aadd_deployment(deployment)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     stopping: list[asyncio.Task[None]] = []
@@ -139,25 +137,30 @@ async def _serve(deployments: list[RunnerDeployment], limit: int | None) -> None
     def begin_stop() -> None:
         if stopping:
             return
+        print("Stopping: no new flow runs; runs in flight are cancelled.", flush=True)
         if not runner.started:  # still starting up: nothing to drain
             if main is not None:
                 main.cancel()
             return
-        print("Stopping: no new flow runs; runs in flight are cancelled.", flush=True)
         stopping.append(loop.create_task(runner.astop()))
 
     def stop() -> None:  # may run inside a plain signal handler: hand over to the loop
         loop.call_soon_threadsafe(begin_stop)
 
-    loop.add_signal_handler(signal.SIGINT, stop)
+    # From the first moment: a SIGTERM while deployments register must not kill the process.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
     try:
+        for deployment in deployments:
+            await runner.aadd_deployment(deployment)
         await runner.start()  # it installs handle_sigterm for SIGTERM
     except asyncio.CancelledError:
         if not stopping:  # stopped before the runner started
             return
         raise
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         for task in stopping:
             await task
 

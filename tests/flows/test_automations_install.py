@@ -53,8 +53,12 @@ def webhook() -> Iterator[tuple[str, list[tuple[datetime, str]]]]:
 def test_install_refuses_without_a_server(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert main(["automations", "install", "--block", "on-call"]) == 2
+    # Other tests in this process may have pointed Prefect's settings context at a server.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["automations", "install", "--block", "on-call"]) == 2
     assert "PREFECT_API_URL is not set" in capsys.readouterr().err
 
 

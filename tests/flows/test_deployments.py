@@ -227,8 +227,11 @@ def test_prefect_yaml_deploys_and_a_worker_runs_every_flow_from_the_api(
     assert upkeep["chain"] == "intact" and upkeep["partitions_created"] >= 1, upkeep
     assert _partitions_through(pg_store, months_ahead=8)
     _artifact(api, run_ids["replay-dead-letters"], "replay-plan-{run}")
+    # anchor-audit-chain's anchor, and one after each run that appended events (issue 15 item 3).
     anchors = list(store.list("audit-anchors"))
-    assert len(anchors) == 1 and anchors[0].retention is not None  # written under retention
+    assert anchors and all(a.retention is not None for a in anchors)  # written under retention
+    anchor_run = _flow_run(api, run_ids["anchor-audit-chain"])
+    assert anchor_run["state"]["type"] == "COMPLETED"
 
     # No PHI reached Prefect: not in any run's parameters, not in any artifact.
     for run_id in run_ids.values():

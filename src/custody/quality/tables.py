@@ -75,6 +75,7 @@ def check_table(
         source = context.data_sources.add_sqlite(name=name, connection_string=url)
         asset = source.add_table_asset(name=table, table_name=table)
     else:
+        schema = schema or "public"  # a source without schemas (SQLite, MySQL) lands in public
         checked = (*unique_key, *not_null)
         query, notes, opaque = _pg_query(url, schema, table, checked)
         source = context.data_sources.add_postgres(name=name, connection_string=url)
