@@ -10,9 +10,11 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import URL
 
 from custody.errors import CustodyError
@@ -156,3 +158,31 @@ def rechunk(
             pending, filled = [], 0
     if pending:
         yield b"".join(pending)
+
+
+def snapshot_copy_out(
+    conn: psycopg.Connection[Any],
+    url: URL,
+    copy_out: sql.Composed,
+    settings: Sequence[str],
+    *,
+    block_size: int = 1 << 20,
+) -> contextlib.AbstractContextManager[Iterable[bytes | bytearray | memoryview]]:
+    """``copy_out``'s data in ``conn``'s transaction snapshot, moved by psql when it is on PATH.
+
+    A psql process joins the snapshot (``SET TRANSACTION SNAPSHOT``), applies ``settings``
+    (plain ``SET`` statements) and moves the rows in C: about twice the rows per second of
+    reading them through libpq here. Without psql, ``conn`` reads them itself.
+    """
+    if not has_client_tool("psql"):
+        return conn.cursor().copy(copy_out)
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert snapshot is not None
+    script = ";\n".join([
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot[0])).as_string(conn),
+        *settings,
+        copy_out.as_string(conn),
+        "COMMIT;\n",
+    ])  # fmt: skip
+    return psql_copy_out(url, script, block_size=block_size)

@@ -26,7 +26,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from custody.archive.columns import SESSION_SETTINGS, ArchiveColumn, is_fallible
-from custody.pgclient import has_client_tool, psql_copy_out, rechunk
+from custody.pgclient import rechunk, snapshot_copy_out
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -127,18 +127,7 @@ def _copy_out(
     conn: psycopg.Connection[Any], url: URL, copy_out: sql.Composed
 ) -> contextlib.AbstractContextManager[Iterable[bytes | bytearray | memoryview]]:
     """COPY data in this transaction's snapshot: psql joins it when on PATH, else this conn."""
-    if not has_client_tool("psql"):
-        return conn.cursor().copy(copy_out)
-    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()
-    assert snapshot is not None
-    script = ";\n".join([
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot[0])).as_string(conn),
-        *SESSION_SETTINGS.split("; "),
-        copy_out.as_string(conn),
-        "COMMIT;\n",
-    ])  # fmt: skip
-    return psql_copy_out(url, script, block_size=_BLOCK)
+    return snapshot_copy_out(conn, url, copy_out, SESSION_SETTINGS.split("; "), block_size=_BLOCK)
 
 
 def _parse_csv(

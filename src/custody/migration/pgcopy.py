@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 from custody.chunks.models import Chunk, ChunkOutcome, KeyValue
 from custody.db import get_engine
 from custody.migration.catalog import NATIVE_FORM, STRING_FORM, TEXT_FORM, XML_FORM, TableInfo
-from custody.pgclient import has_client_tool, libpq_dsn, psql_copy_out, rechunk
+from custody.pgclient import libpq_dsn, rechunk, snapshot_copy_out
 from custody.settings import get_settings
 
 # Fixed output settings so that both servers render every row's text form identically.
@@ -214,24 +214,9 @@ def _pipe(out: Iterable[bytes | bytearray | memoryview], into: psycopg.Copy) -> 
 def copy_out_blocks(
     src: psycopg.Connection[tuple[object, ...]], src_url: URL, copy_out: sql.Composed
 ) -> contextlib.AbstractContextManager[Iterable[bytes | bytearray | memoryview]]:
-    """The source rows as COPY data, read in the source transaction's snapshot.
-
-    With psql on PATH a psql process joins the snapshot (``SET TRANSACTION SNAPSHOT``) and moves
-    the rows in C: about twice the rows per second of reading them here, row by row, through
-    libpq. Without psql, this connection reads them itself.
-    """
-    if not has_client_tool("psql"):
-        return src.cursor().copy(copy_out)
-    snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()
-    assert snapshot is not None
-    script = ";\n".join([
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot[0])).as_string(src),
-        *f"{SESSION_SETTINGS}; {NAME_SETTINGS}".replace("SET LOCAL", "SET").split("; "),
-        copy_out.as_string(src),
-        "COMMIT;\n",
-    ])  # fmt: skip
-    return psql_copy_out(src_url, script, block_size=_PIPE_BYTES)
+    """The source rows as COPY data, read in the source transaction's snapshot."""
+    settings = f"{SESSION_SETTINGS}; {NAME_SETTINGS}".replace("SET LOCAL", "SET").split("; ")
+    return snapshot_copy_out(src, src_url, copy_out, settings, block_size=_PIPE_BYTES)
 
 
 def same_encoding(

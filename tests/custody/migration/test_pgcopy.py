@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import Engine
 
 import custody.migration.pgcopy as pgcopy
+import custody.pgclient as pgclient
 from custody.chunks import Chunk
 from custody.db import get_engine
 from custody.migration.catalog import describe_table
@@ -35,7 +36,7 @@ def test_a_range_lands_verified_with_or_without_psql(
             "CREATE TABLE items (id bigint, label text NOT NULL, amount numeric(12,2), "
             "at timestamptz, payload bytea)"
         )
-    monkeypatch.setattr(pgcopy, "has_client_tool", lambda name: psql_on_path)
+    monkeypatch.setattr(pgclient, "has_client_tool", lambda name: psql_on_path)
     info = describe_table(get_engine(src), "public", "items")
     work = pgcopy.PgRangeCopy("src", "dst", info)
 
