@@ -115,8 +115,6 @@ def serve_all(
     and returns.
     """
     deployments = build_deployments(path, only, schedules_active)
-    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
-    print(f"Serving {len(deployments)} deployment(s): {names}\nStop with Ctrl-C or SIGTERM.")
     asyncio.run(_serve(deployments, limit))
 
 
@@ -150,6 +148,11 @@ async def _serve(deployments: list[RunnerDeployment], limit: int | None) -> None
     # From the first moment: a SIGTERM while deployments register must not kill the process.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    print(
+        f"Serving {len(deployments)} deployment(s): {names}\nStop with Ctrl-C or SIGTERM.",
+        flush=True,
+    )
     try:
         for deployment in deployments:
             await runner.aadd_deployment(deployment)

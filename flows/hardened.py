@@ -216,6 +216,10 @@ class HardenedWorker(ProcessWorker):
 
             flow = spec.load_flow()
             refreshed = await self.client.read_flow_run(flow_run.id)
+            if refreshed.state is None or not refreshed.state.is_cancelled():
+                # The process's crash report on SIGTERM can still land after ours: cancel again.
+                await self._mark_cancelled(flow_run)
+                refreshed = await self.client.read_flow_run(flow_run.id)
             assert refreshed.state is not None
             await _run_hooks(flow.on_cancellation_hooks or [], refreshed, flow, refreshed.state)
             status = 0  # the run is Cancelled, not crashed
