@@ -220,7 +220,10 @@ def test_issue_15_item_10_two_overlapping_runs_share_the_inbox_and_both_succeed(
     first, second = (json.loads(o.split("RESULT", 1)[1]) for o in outputs)
     assert first["files"] == second["files"] == FILES
     assert first["ingested"] + second["ingested"] == FILES - 1  # each landed by exactly one
-    assert first["claimed"] == second["claimed"] == 1  # the held file, skipped by both
+    # The held file is skipped by both; a run may also find files the other run holds just then.
+    assert first["claimed"] >= 1 and second["claimed"] >= 1
+    for run in (first, second):  # every file was landed, found landed, or found claimed
+        assert run["ingested"] + run["skipped"] + run["claimed"] == FILES, run
     assert first["rejected"] == second["rejected"] == 0
     last = ingest_lab_results(_params(inbox))  # the claim released: the held file lands
     assert (last.ingested, last.skipped, last.claimed) == (1, FILES - 1, 0)
