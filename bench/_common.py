@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmark scripts: a scratch PostgreSQL database and peak RSS."""
+"""Helpers shared by the benchmark scripts: a scratch PostgreSQL database, peak RSS, GX import time."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -36,3 +37,11 @@ def scratch_database() -> Iterator[str]:
         dispose_engines()
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def timed_import_of_great_expectations() -> float:
+    """Import GX now (a one-off cost per process) and say how long it took."""
+    started = time.perf_counter()
+    import great_expectations  # noqa: F401
+
+    return time.perf_counter() - started

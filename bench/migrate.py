@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import psycopg
-from _common import peak_rss_mb, scratch_database
+from _common import peak_rss_mb, scratch_database, timed_import_of_great_expectations
 from sqlalchemy.engine import make_url
 
 LAB_TABLE = """
@@ -138,14 +138,6 @@ def main() -> None:
         "peak_rss_mb": rss,
         **peers,
     }))  # fmt: skip
-
-
-def timed_import_of_great_expectations() -> float:
-    """Import GX now (a one-off cost per process) and say how long it took."""
-    started = time.perf_counter()
-    import great_expectations  # noqa: F401
-
-    return time.perf_counter() - started
 
 
 def measure_dlt(src: str, rows: int) -> dict[str, object]:
