@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: a scratch PostgreSQL database, peak RSS, GX import time."""
+"""Helpers shared by the benchmark scripts: scratch database, peak RSS, GX import time."""
 
 from __future__ import annotations
 
