@@ -43,9 +43,9 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 INSTALL_HINT = (
-    "Debian's chromium package is not installed (no /usr/bin/chromium); the HTML report tests "
-    "need it. Install it with `apt-get install -y --no-install-recommends chromium` (as root), "
-    "or run infra/dev/bootstrap.sh as root, which does that."
+    "Debian's chromium package is not installed (no /usr/bin/chromium); the HTML report and UI "
+    "tour tests need it. Install it with `apt-get install -y --no-install-recommends chromium` "
+    "(as root), or run the tests with infra/dev/test as root, which does that."
 )
 
 # Headless, no GPU, fresh throw-away profile (added per run), no background networking, and no
