@@ -9,7 +9,9 @@ queue, pull steps) is ignored here: ``serve`` runs each flow run in a subprocess
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,7 +96,20 @@ def build_deployments(
         raise ValueError(f"no such deployment in {path.name}: {', '.join(unknown)}")
     if schedules_active is None:
         schedules_active = asyncio.run(_schedules_variable())
-    return [_build(spec, schedules_active) for spec in specs if not only or spec.name in only]
+    deployments = []
+    for spec in specs:
+        if only and spec.name not in only:
+            continue
+        deployment = _build(spec, schedules_active)
+        if dropped := _drop_unconfigured_defaults(deployment, spec.load_flow()):
+            print(
+                f"{spec.name}: default {', '.join(dropped)} is not configured here; served "
+                "without it (the form asks for it) and with its schedules off",
+                file=sys.stderr,
+                flush=True,
+            )
+        deployments.append(deployment)
+    return deployments
 
 
 def serve_all(
@@ -182,7 +197,7 @@ def _build(spec: DeploymentSpec, schedules_active: bool) -> RunnerDeployment:
         description=raw.get("description"),
         tags=list(raw.get("tags") or []),
         version=raw.get("version"),
-        parameters=raw.get("parameters") or {},
+        parameters=copy.deepcopy(raw.get("parameters") or {}),  # may be trimmed, raw stays
         schedules=[_schedule(s, schedules_active) for s in raw.get("schedules") or []],
         concurrency_limit=concurrency,
         enforce_parameter_schema=bool(raw.get("enforce_parameter_schema", True)),
@@ -191,6 +206,39 @@ def _build(spec: DeploymentSpec, schedules_active: bool) -> RunnerDeployment:
     )
     assert isinstance(deployment, RunnerDeployment)  # called from sync code: not a coroutine
     return deployment
+
+
+def _drop_unconfigured_defaults(deployment: RunnerDeployment, flow: Flow[Any, Any]) -> list[str]:
+    """Remove default parameters that name a connection or store this site has not configured.
+
+    The form offers only the configured names (flows/params.py), and the Prefect server
+    refuses a deployment whose defaults fall outside its own schema: ``prefect.yaml``'s
+    ``database: ehr`` would stop ``custody serve`` where connections have other names (the
+    README's tour, with the demo's). Dropping the default makes the form ask for it; the
+    schedules go off, as their runs would start without it.
+
+    Returns:
+        ``params.database='ehr'`` for each default dropped.
+    """
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(flow).model_dump()  # what the deployment sends the server
+    definitions = schema.get("definitions", {})
+    dropped = []
+    for argument, value in deployment.parameters.items():
+        ref = str(schema.get("properties", {}).get(argument, {}).get("$ref", ""))
+        fields = definitions.get(ref.rsplit("/", 1)[-1], {}).get("properties", {})
+        if not isinstance(value, dict):
+            continue
+        for field, given in list(value.items()):
+            choices = fields.get(field, {}).get("enum")
+            if choices is not None and given not in choices:
+                del value[field]
+                dropped.append(f"{argument}.{field}={given!r}")
+    if dropped:
+        for schedule in deployment.schedules or []:
+            schedule.active = False
+    return dropped
 
 
 def _schedule(raw: dict[str, Any], active: bool) -> Schedule:

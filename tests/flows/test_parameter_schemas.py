@@ -9,6 +9,7 @@ described, choices as enums, defaults filled in. Then the server, which enforces
 from __future__ import annotations
 
 import enum
+import os
 import typing
 from typing import Any
 
@@ -218,3 +219,39 @@ def test_connection_fields_offer_the_configured_names_and_reason_is_plain_text(
         get_settings.cache_clear()
     reason = ApprovalInput.model_json_schema()["properties"]["reason"]
     assert (reason["type"], reason["default"]) == ("string", "") and "anyOf" not in reason
+
+
+def test_serve_drops_a_default_connection_the_site_has_not_configured(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's tour serves with the demo's connections, not prefect.yaml's ``ehr``.
+
+    The form offers only configured names and the server refuses defaults outside them, so
+    ``archive-to-s3``'s ``database: ehr`` is dropped (the form asks), its schedule goes off,
+    and the operator is told; everything else is served as declared.
+    """
+    from custody.settings import reset_settings_cache
+
+    for name in [k for k in os.environ if k.startswith("CUSTODY_CONNECTIONS__")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no Secret blocks looked up
+    monkeypatch.setenv("CUSTODY_CONNECTIONS__DEMO_EHR", "sqlite:///demo_ehr.db")
+    reset_settings_cache()
+    try:
+        built = {d.name: d for d in build_deployments(schedules_active=True)}
+    finally:
+        monkeypatch.undo()
+        reset_settings_cache()
+    archive = built["archive-to-s3"]
+    declared = next(s for s in SPECS if s.name == "archive-to-s3").raw["parameters"]["params"]
+    assert declared["database"] == "ehr"  # prefect.yaml itself is left as it is
+    assert archive.parameters["params"] == {k: v for k, v in declared.items() if k != "database"}
+    assert archive.schedules and all(s.active is False for s in archive.schedules)
+    assert "archive-to-s3: default params.database='ehr' is not configured here" in (
+        capsys.readouterr().err
+    )
+    for spec in SPECS:
+        if spec.name != "archive-to-s3":
+            assert built[spec.name].parameters == spec.raw.get("parameters", {}), spec.name
+            assert all(s.active is not False for s in built[spec.name].schedules or []
+                       if spec.raw.get("schedules")), spec.name  # fmt: skip
