@@ -105,7 +105,8 @@ def test_dockerfile_pins_its_base_installs_the_constraints_and_drops_root() -> N
     text = (INFRA / "docker" / "Dockerfile").read_text()
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     assert base and pinned(base.group(1))
-    assert "-c infra/dev/constraints.txt" in text
+    assert "-c infra/dev/constraints.txt '.[mysql]'" in text  # MySQL/MariaDB sources migrate
+    assert "libmariadb-dev" in text and "libmariadb3" in text  # built, then its runtime library
     user = re.findall(r"^USER (\S+)$", text, re.M)
     assert user and user[-1].split(":")[0] not in ("0", "root")
     for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
