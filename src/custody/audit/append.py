@@ -6,10 +6,11 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterator, Sequence
 
+import orjson
 from psycopg import postgres
 from sqlalchemy import Connection, select, update
 
-from custody.audit.chain import Keyring, content_digest_and_details
+from custody.audit.chain import Keyring, content_digest
 from custody.audit.events import AuditEvent
 from custody.db import is_postgres
 from custody.errors import ConfigError
@@ -36,14 +37,14 @@ COLUMNS = (
     "key_id",
     "signature",
 )
-# uuid and jsonb go in as bytea: their binary wire forms (16 bytes; version 1 then the JSON
-# text) are prepared here, and psycopg copies bytes in C where its uuid and jsonb dumpers are
-# Python. COPY BINARY carries no type per field: the column's own type reads the bytes.
+# jsonb goes in as bytea: its binary wire form (version 1, then the JSON text) is prepared here
+# with orjson, where psycopg's jsonb dumper would call back into Python per row. COPY BINARY
+# carries no type per field: the column's own type reads the bytes.
 _PG_TYPES = (
     "int8",
     "timestamptz",
     "timestamptz",
-    "bytea",  # uuid
+    "uuid",
     "text",
     "text",
     "text",
@@ -127,10 +128,10 @@ def append_chained(
             "key_id": keyring.active_key_id,
             "signature": signature,
         }
-        for seq, e, _, prev, row_hash, signature in chained
+        for seq, e, prev, row_hash, signature in chained
     ]
     connection.execute(audit_log.insert(), rows)
-    last, last_hash = chained[-1][0], chained[-1][4]
+    last, _, _, last_hash, _ = chained[-1]
     connection.execute(
         update(audit_chain_head)
         .where(audit_chain_head.c.id == 1)
@@ -169,9 +170,9 @@ def _append_postgres(
         seq, row_hash = first - 1, head_hash
         with cursor.copy(_COPY_SQL) as copy:
             copy.set_types(_PG_TYPE_OIDS)
-            write = copy.write_row
+            write, dumps = copy.write_row, orjson.dumps
             # Rows stream as they are chained: the server indexes them while we hash the next.
-            for seq, e, details_json, prev, row_hash, signature in _chain(
+            for seq, e, prev, row_hash, signature in _chain(
                 events, recorded_at, keyring, first, head_hash
             ):
                 write(
@@ -179,7 +180,7 @@ def _append_postgres(
                         seq,
                         e.occurred_at,
                         recorded_at,
-                        e.event_id.bytes,
+                        e.event_id,
                         e.principal,
                         e.action,
                         e.status,
@@ -190,7 +191,7 @@ def _append_postgres(
                         e.regulation,
                         e.data_classification,
                         e.retention_days,
-                        _JSONB_V1 + details_json,
+                        _JSONB_V1 + dumps(e.details),
                         prev,
                         row_hash,
                         key_id,
@@ -208,18 +209,17 @@ def _chain(
     keyring: Keyring,
     first_seq: int,
     prev: str,
-) -> Iterator[tuple[int, AuditEvent, bytes, str, str, str]]:
-    """Each event chained and signed: (seq, event, details JSON, prev hash, row hash, signature).
+) -> Iterator[tuple[int, AuditEvent, str, str, str]]:
+    """Each event chained and signed: (seq, event, prev hash, row hash, signature).
 
     Same hashes as :func:`link_hash` and :meth:`Keyring.sign`, with the previous hash kept as
-    bytes (no hex round trip per event) and a one-shot HMAC. The details JSON is the one inside
-    the canonical form (:func:`content_digest_and_details`).
+    bytes (no hex round trip per event) and a one-shot HMAC.
     """
     sign = keyring.row_signer()
     sha256 = hashlib.sha256
     prev_raw = bytes.fromhex(prev)
     for seq, e in enumerate(events, start=first_seq):
-        digest, details_json = content_digest_and_details(
+        digest = content_digest(
             e.event_id,
             e.occurred_at,
             recorded_at,
@@ -237,5 +237,5 @@ def _chain(
         )
         raw = sha256(prev_raw + seq.to_bytes(8, "big") + digest).digest()
         row_hash = raw.hex()
-        yield seq, e, details_json, prev, row_hash, sign(raw)
+        yield seq, e, prev, row_hash, sign(raw)
         prev, prev_raw = row_hash, raw

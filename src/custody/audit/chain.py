@@ -85,53 +85,6 @@ def content_digest(
     return hashlib.sha256(canonical).digest()
 
 
-def content_digest_and_details(
-    event_id: UUID | str,
-    occurred_at: dt.datetime,
-    recorded_at: dt.datetime,
-    principal: str,
-    action: str,
-    status: str,
-    severity: str,
-    resource_type: str,
-    resource_id: str | None,
-    correlation_id: str | None,
-    regulation: str | None,
-    data_classification: str,
-    retention_days: int | None,
-    details: dict[str, Any],
-) -> tuple[bytes, bytes]:
-    """:func:`content_digest`, and the details' JSON from inside the canonical form.
-
-    The append path stores that JSON in the jsonb column instead of serialising the details a
-    second time. The canonical form is spliced: the array without its last element, then the
-    details serialised alone with the same options; compact JSON makes that byte for byte what
-    :func:`content_digest` hashes (a test holds the two to it).
-    """
-    details_json = orjson.dumps(details, option=_OPTIONS)
-    head = orjson.dumps(
-        [
-            CANONICAL_VERSION,
-            event_id,
-            occurred_at,
-            recorded_at,
-            principal,
-            action,
-            status,
-            severity,
-            resource_type,
-            resource_id,
-            correlation_id,
-            regulation,
-            data_classification,
-            retention_days,
-        ],
-        option=_OPTIONS,
-    )
-    canonical = b"".join((head[:-1], b",", details_json, b"]"))
-    return hashlib.sha256(canonical).digest(), details_json
-
-
 def link_hash(prev_hash: str, seq: int, content: bytes) -> str:
     """Chain one event to its predecessor; returns the event's row hash as hex."""
     return hashlib.sha256(bytes.fromhex(prev_hash) + seq.to_bytes(8, "big") + content).hexdigest()
