@@ -9,7 +9,9 @@ the machine's load average (the machine may be shared).
 
 Events are copies of 10,000 validated templates with a fresh id and time each (``model_copy``):
 what an application's own validation costs is not the writer's; ``--build full`` validates
-every event instead.
+every event instead. Garbage collections during the load are reported (count of full ones, the
+longest pause in any thread): a full collection stops both threads, and before the writer froze
+the heap (``--no-freeze-heap`` restores that) its 50-190 ms pauses were the latency tail.
 
     python bench/audit_latency.py --rate 10000 --duration 10
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -42,6 +46,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000, help="events per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     parser.add_argument("--build", choices=["template", "full"], default="template")
+    parser.add_argument(
+        "--no-freeze-heap", action="store_true", help="the writer leaves the GC's heap alone"
+    )
     args = parser.parse_args()
     keyring = Keyring("bench", {"bench": b"b" * 32})
     templates = next(event_batches(10_000, 10_000))
@@ -51,6 +58,19 @@ def main() -> None:
     load_before = os.getloadavg()
 
     flusher = {"transactions": 0, "cpu_s": 0.0}
+    collections = {"full": 0, "max_pause_s": 0.0}
+    gc_started: dict[int, float] = {}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[threading.get_ident()] = time.perf_counter()
+            return
+        began = gc_started.pop(threading.get_ident(), None)
+        if began is not None and started is not None:
+            collections["full"] += info["generation"] == 2
+            collections["max_pause_s"] = max(
+                collections["max_pause_s"], time.perf_counter() - began
+            )
 
     def on_commit(batch: Sequence[AuditEvent], result: AppendResult) -> None:
         now = time.perf_counter()
@@ -65,7 +85,9 @@ def main() -> None:
         log = AuditLog(engine, keyring)
         max_depth = 0
         max_block = 0.0
-        writer = log.buffered(on_commit=on_commit)  # default settings
+        # default settings
+        writer = log.buffered(on_commit=on_commit, freeze_heap=not args.no_freeze_heap)
+        gc.callbacks.append(on_gc)
         started = time.perf_counter()
         written = 0
         while written < total:
@@ -90,6 +112,7 @@ def main() -> None:
             if pause > 0:
                 time.sleep(min(pause, 0.001))
         load_elapsed = time.perf_counter() - started
+        gc.callbacks.remove(on_gc)
         writer.close()
         verified = verify_chain(engine, keyring)
         assert verified.ok and verified.events_checked == total, verified.describe()
@@ -115,6 +138,9 @@ def main() -> None:
                 "flusher_cpu_us_per_event": round(flusher["cpu_s"] / total * 1e6, 2),
                 "flusher_cpu_share": round(flusher["cpu_s"] / load_elapsed, 3),
                 "max_write_block_ms": round(max_block * 1000, 2),
+                "freeze_heap": not args.no_freeze_heap,
+                "gc_full_collections": collections["full"],
+                "gc_max_pause_ms": round(collections["max_pause_s"] * 1000, 1),
                 "peak_rss_mb": peak_rss_mb(),
                 "load_avg_before": round(load_before[0], 2),
                 "load_avg_after": round(os.getloadavg()[0], 2),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection
 
 from custody.audit.events import AuditEvent, Severity, check_not_future
+from custody.audit.heap import freeze_heap_once
 from custody.errors import AuditChainError
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class BufferedAuditWriter:
         max_queue: int = 50_000,
         full_wait_s: float = 1.0,
         on_commit: CommitListener | None = None,
+        freeze_heap: bool = True,
     ) -> None:
         """Start the flusher.
 
@@ -67,6 +69,10 @@ class BufferedAuditWriter:
             max_queue: the most events held in memory waiting to be written.
             full_wait_s: how long ``write`` waits for room in a full queue before raising.
             on_commit: called after each committed batch, from the flusher thread.
+            freeze_heap: freeze the process's heap out of the garbage collector's full walks,
+                once per process (:mod:`custody.audit.heap`): those walks stop every thread
+                for 50-190 ms and were the latency tail. Pass False if the application
+                manages the collector itself.
         """
         if max_events < 1 or max_queue < max_events or full_wait_s < 0:
             raise ValueError("need max_events >= 1, max_queue >= max_events, full_wait_s >= 0")
@@ -84,6 +90,8 @@ class BufferedAuditWriter:
         self._failed_at: float | None = None
         self._closing = False
         self._connection: Connection | None = None
+        if freeze_heap:
+            freeze_heap_once()
         self._thread = threading.Thread(target=self._run, name="audit-flusher", daemon=True)
         self._thread.start()
 

@@ -123,17 +123,23 @@ class AuditLog:
         max_queue: int = 50_000,
         on_commit: CommitListener | None = None,
         max_delay_s: float | None = None,
+        freeze_heap: bool = True,
     ) -> BufferedAuditWriter:
         """A group-commit writer for high-volume producers (:mod:`custody.audit.buffered`).
 
         ``max_delay_s`` is accepted for callers of the earlier timer-based writer and has no
-        effect: events are written as soon as the previous write committed.
+        effect: events are written as soon as the previous write committed. ``freeze_heap``: see
+        :class:`~custody.audit.buffered.BufferedAuditWriter`.
         """
         del max_delay_s
         from custody.audit.buffered import BufferedAuditWriter
 
         return BufferedAuditWriter(
-            self, max_events=max_events, max_queue=max_queue, on_commit=on_commit
+            self,
+            max_events=max_events,
+            max_queue=max_queue,
+            on_commit=on_commit,
+            freeze_heap=freeze_heap,
         )
 
     def _announce(self, event: AuditEvent, seq: int) -> None:
