@@ -42,6 +42,7 @@ from custody.archive.columns import (
     fingerprint_of_hashes,
     row_hash_sql,
 )
+from custody.archive.pgbinary import binary_copy_types, write_binary
 from custody.chunks.models import Chunk, ChunkOutcome
 from custody.db import get_engine, is_postgres
 from custody.errors import CustodyError, safe_error
@@ -360,7 +361,10 @@ def load_into_temp(
             ),
         )
     )
-    write_arrow(conn, table, sql.Identifier(name))
+    if binary_copy_types(columns, table.schema):  # PostgreSQL's binary receive: no text parse
+        write_binary(conn, table, columns, sql.Identifier(name))
+    else:
+        write_arrow(conn, table, sql.Identifier(name))
     return fingerprint(conn, columns, sql.SQL("{tmp} t").format(tmp=sql.Identifier(name)))
 
 
