@@ -144,7 +144,8 @@ def main() -> None:
         )  # fmt: skip
         ours = json.loads(child.stdout.strip().splitlines()[-1])
         if args.profile:
-            profile = {k: ours.pop(k) for k in ("phase_seconds", "phase_calls", "timeline")}
+            keys = ("phase_seconds", "phase_calls", "peak_rss_mb_at", "timeline")
+            profile = {k: ours.pop(k) for k in keys}
             print(json.dumps(profile, indent=1), file=sys.stderr)
         tasks = asyncio.run(task_run_count(ours["flow_run_id"]))
         with psycopg.connect(src) as conn:

@@ -7,6 +7,7 @@ phase sums can exceed the run's wall time: they say where the work goes, the tim
 from __future__ import annotations
 
 import functools
+import resource
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ _totals: dict[str, float] = defaultdict(float)
 _counts: dict[str, int] = defaultdict(int)
 _spans: list[tuple[str, str, float, float]] = []
 _lock = threading.Lock()
+_rss: dict[str, float] = {}
 
 
 def mark(name: str) -> None:
@@ -54,21 +56,31 @@ def install() -> None:
     import flows.archive  # noqa: F401
 
     _totals["import flows.archive"] += time.perf_counter() - started
-    from custody.archive import work
+    _rss["after imports"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from custody.archive import manifest, work
 
-    plan = [
+    plan: list[tuple[Any, str, str]] = [
         (work.ArchiveRangeWork, "__call__", "batch total"),
         (work.ArchiveRangeWork, "_checked", "table checks"),
         (work, "read_arrow", "source read (COPY->Arrow)"),
         (work, "_time_range", "time range"),
         (work, "_parquet", "parquet encode"),
         (work.ArchiveRangeWork, "put_object", "PUT (sha256+upload)"),
-        (work.manifest, "insert", "manifest insert"),
+        (manifest, "insert", "manifest insert"),
         (work.ArchiveRangeWork, "_verify_and_delete", "verify+delete total"),
         (work, "read_object", "GET+sha256+decode"),
         (work, "_load_back", "load back (COPY in + fingerprint)"),
         (work, "check_references", "reference checks"),
     ]
+    import flows.archive as flow_module
+
+    for step in (
+        "check_destination", "warm_store", "describe_archive_table", "record_event",
+        "prepare_archive_manifest", "plan_archive_batches", "run_chunks", "find_orphan_objects",
+        "publish_result", "publish_audit_artifacts", "open_store", "_archive",
+    ):  # fmt: skip
+        if hasattr(flow_module, step):
+            plan.append((flow_module, step, f"flow: {step}"))
     for owner, attribute, name in plan:
         if hasattr(owner, attribute):
             wrap(owner, attribute, name)
@@ -80,6 +92,7 @@ def report() -> dict[str, Any]:
     return {
         "phase_seconds": {k: round(v, 3) for k, v in _totals.items()},
         "phase_calls": dict(_counts),
+        "peak_rss_mb_at": {k: round(v, 1) for k, v in _rss.items()},
         "timeline": [
             (name, thread[-12:], round(start, 2), round(end, 2))
             for name, thread, start, end in timeline
