@@ -60,8 +60,12 @@ def raw_archive(src: str, client: object, bucket: str, batch: int, rows: int) ->
     return time.perf_counter() - started
 
 
-def run_flow_child(rows: int, batch_size: int, concurrency: int) -> None:
+def run_flow_child(rows: int, batch_size: int, concurrency: int, profile: bool) -> None:
     """In the flow's own process: run archive-to-s3 and print its time and peak RSS."""
+    if profile:
+        import archive_phases
+
+        archive_phases.install()
     from flows.archive import ArchiveParams, RetentionPolicy, archive_to_s3
 
     policy = RetentionPolicy(
@@ -78,9 +82,10 @@ def run_flow_child(rows: int, batch_size: int, concurrency: int) -> None:
     result = state.result()
     assert result.status == "success", result
     assert result.policies[0].rows_archived == rows, result
+    phases = archive_phases.report() if profile else {}
     print(json.dumps({
         "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-        "flow_run_id": str(state.state_details.flow_run_id),
+        "flow_run_id": str(state.state_details.flow_run_id), **phases,
     }))  # fmt: skip
 
 
@@ -89,11 +94,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="phase timeline (stderr)")
     parser.add_argument("--flow-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flow_child:
-        run_flow_child(args.rows, args.batch_size, args.concurrency)
+        run_flow_child(args.rows, args.batch_size, args.concurrency, args.profile)
         return
+    load_before = [round(x, 2) for x in os.getloadavg()]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from prefect.settings import PREFECT_API_URL
@@ -131,10 +138,15 @@ def main() -> None:
         baseline = raw_archive(src, client, "bench-raw", args.batch_size, args.rows)
         child = subprocess.run(
             [sys.executable, __file__, "--flow-child", f"--rows={args.rows}",
-             f"--batch-size={args.batch_size}", f"--concurrency={args.concurrency}"],
+             f"--batch-size={args.batch_size}", f"--concurrency={args.concurrency}",
+             *(["--profile"] if args.profile else [])],
             check=True, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         ours = json.loads(child.stdout.strip().splitlines()[-1])
+        if args.profile:
+            keys = ("phase_seconds", "phase_calls", "peak_rss_mb_at", "timeline")
+            profile = {k: ours.pop(k) for k in keys}
+            print(json.dumps(profile, indent=1), file=sys.stderr)
         tasks = asyncio.run(task_run_count(ours["flow_run_id"]))
         with psycopg.connect(src) as conn:
             left = conn.execute("SELECT count(*) FROM lab_results").fetchone()
@@ -150,6 +162,8 @@ def main() -> None:
         "baseline_seconds": round(baseline, 2),
         "task_runs": tasks,
         "peak_rss_mb": ours["peak_rss_mb"],
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }))  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from custody.archive.work import ArchiveRangeWork, ArchiveTarget
 from custody.audit import AuditStatus, DataClassification
 from custody.chunks import JobSpec
 from custody.prefect_glue import current_flow_run_id
-from custody.storage import LockMode, check_destination, check_prefix, open_store
+from custody.storage import LockMode, check_destination, check_prefix, open_store, warm_store
 from flows.params import CONNECTION, JOB_ID, SqlName, StoreName, offer_connections
 from tasks.approval import ApprovalRequest, await_approval
 from tasks.archive import (
@@ -211,6 +211,7 @@ def archive_to_s3(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]
 def _archive(params: ArchiveParams) -> ArchiveResult | State[ArchiveResult]:
     """The archival itself (inside the flow run, under the database's limit)."""
     check_destination(params.destination)  # before any query (issue 15 item 7)
+    warm_store(params.destination)  # boto3's import and client, while the planning tasks run
     job_id = params.job_id or f"archive-{current_flow_run_id() or 'local'}"
     tables = tuple(p.table for p in params.policies)
     infos = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import struct
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -201,5 +202,21 @@ def _utc_text(table: pa.Table) -> pa.Table:
     for index, field in enumerate(table.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             text = table.column(index).cast(pa.timestamp(field.type.unit)).cast(pa.string())
-            table = table.set_column(index, field.name, pc.binary_join_element_wise(text, "Z", ""))
+            table = table.set_column(
+                index, field.name, pc.binary_join_element_wise(text, _string("Z"), _string(""))
+            )
     return table
+
+
+def _string(text: str) -> pa.StringScalar:
+    """An Arrow string scalar built from buffers.
+
+    ``pa.scalar`` and ``pa.array`` on Python objects import pandas on first use (seconds of
+    CPU, once per process, in the middle of the first batch): Arrow-only code never needs it.
+    """
+    data = text.encode()
+    offsets = pa.py_buffer(struct.pack("<ii", 0, len(data)))
+    array = pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))
+    scalar = array[0]
+    assert isinstance(scalar, pa.StringScalar)
+    return scalar

@@ -301,6 +301,15 @@ def fingerprint_sql(columns: list[ArchiveColumn], rows: sql.Composable) -> sql.C
     )
 
 
+def fingerprint_of_hashes() -> sql.SQL:
+    """``count, sum of row hashes`` over ``t``, whose column ``h`` holds ``row_hash_sql``.
+
+    The same result as ``fingerprint_sql`` over the rows, for a statement that hashed them as
+    it went (``DELETE ... RETURNING``).
+    """
+    return sql.SQL("SELECT count(*), COALESCE(sum(t.h), 0)::text FROM t")
+
+
 def fingerprint(
     conn: psycopg.Connection[Any], columns: list[ArchiveColumn], rows: sql.Composable
 ) -> tuple[int, str]:

@@ -39,8 +39,10 @@ from custody.archive.columns import (
     ArchiveColumn,
     checked_type,
     fingerprint,
-    fingerprint_sql,
+    fingerprint_of_hashes,
+    row_hash_sql,
 )
+from custody.archive.pgbinary import binary_copy_types, write_binary
 from custody.chunks.models import Chunk, ChunkOutcome
 from custody.db import get_engine, is_postgres
 from custody.errors import CustodyError, safe_error
@@ -253,17 +255,19 @@ class ArchiveRangeWork:
             with conn.transaction():
                 conn.execute(SESSION_SETTINGS)
                 back = _load_back(conn, columns, table, row)
-                cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+                # Each row's hash is computed as it is deleted: the CTE keeps 8 bytes a row,
+                # not the rows themselves (which spill to disk past work_mem).
+                hashed = sql.SQL("{h} AS h").format(h=row_hash_sql(columns))
                 if self.delete_source:  # delete and fingerprint in one pass; undone on mismatch
                     check_references(conn, source, where)
-                    take = sql.SQL("DELETE FROM {t} WHERE {w} RETURNING {cols}")
+                    take = sql.SQL("DELETE FROM {t} WHERE {w} RETURNING {h}")
                 else:
-                    take = sql.SQL("SELECT {cols} FROM {t} WHERE {w}")
-                statement = take.format(t=source.source, w=where, cols=cols)
+                    take = sql.SQL("SELECT {h} FROM {t} WHERE {w}")
+                statement = take.format(t=source.source, w=where, h=hashed)
                 with triggers_off(conn, source.triggers if self.delete_source else ()):
                     found = conn.execute(
                         sql.SQL("WITH t AS ({q}) {f}").format(
-                            q=statement, f=fingerprint_sql(columns, sql.SQL("t"))
+                            q=statement, f=fingerprint_of_hashes()
                         )
                     ).fetchone()
                 assert found is not None
@@ -357,7 +361,10 @@ def load_into_temp(
             ),
         )
     )
-    write_arrow(conn, table, sql.Identifier(name))
+    if binary_copy_types(columns, table.schema):  # PostgreSQL's binary receive: no text parse
+        write_binary(conn, table, columns, sql.Identifier(name))
+    else:
+        write_arrow(conn, table, sql.Identifier(name))
     return fingerprint(conn, columns, sql.SQL("{tmp} t").format(tmp=sql.Identifier(name)))
 
 

@@ -9,7 +9,7 @@ from custody.storage.base import (
     StorageError,
     sha256_hex,
 )
-from custody.storage.factory import check_destination, open_store
+from custody.storage.factory import check_destination, open_store, warm_store
 from custody.storage.keys import check_key_part, check_prefix, join_key
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "join_key",
     "open_store",
     "sha256_hex",
+    "warm_store",
 ]

@@ -7,8 +7,10 @@ configured, never send PHI to a directory, an FTP server or a bucket of its own 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -20,6 +22,7 @@ from custody.storage.local import LocalStore
 from custody.storage.s3 import S3Store
 
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_CLIENT_LOCK = threading.Lock()
 
 
 def check_destination(name: str, settings: Settings | None = None) -> str:
@@ -73,12 +76,30 @@ def s3_client(settings: Settings):  # type: ignore[no-untyped-def]
     One client per configuration and process: building one costs ~50 ms of CPU, and boto3
     clients are safe to share between threads (sessions are not).
     """
-    return _cached_client(
-        str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
-        settings.s3_region,
-        _secret(settings.s3_access_key_id),
-        _secret(settings.s3_secret_access_key),
-    )
+    with _CLIENT_LOCK:  # batches start together: one build, the others wait for it
+        return _cached_client(
+            str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
+            settings.s3_region,
+            _secret(settings.s3_access_key_id),
+            _secret(settings.s3_secret_access_key),
+        )
+
+
+def warm_store(name: str | None = None) -> threading.Thread:
+    """Open the store in a background thread, so its first use finds it ready.
+
+    Importing boto3 and building its client costs about a second of CPU (several on a busy
+    machine) the first time in a process; a flow starts this before its planning tasks instead
+    of paying it in the first batch. Errors are left for the real ``open_store`` call to raise.
+    """
+
+    def build() -> None:
+        with contextlib.suppress(Exception):  # the caller's own open_store reports it
+            open_store(name)
+
+    thread = threading.Thread(target=build, name="custody-warm-store", daemon=True)
+    thread.start()
+    return thread
 
 
 @functools.lru_cache(maxsize=8)
