@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+from uuid import UUID
 
 import orjson
 from psycopg.types.json import set_json_dumps
@@ -13,7 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from custody.audit.chain import Keyring, content_digest
 from custody.audit.events import AuditEvent
-from custody.db import is_postgres
+from custody.db import is_postgres, utc_now
 from custody.errors import ConfigError
 from custody.store.tables import audit_chain_head, audit_log
 
@@ -72,12 +74,7 @@ def append_chained(
     recorded_at: dt.datetime,
     keyring: Keyring,
 ) -> tuple[int, int, str]:
-    """Chain and write a batch inside the caller's transaction.
-
-    The chain head row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
-    IMMEDIATE`` already serialises writers), so concurrent writers queue and never fork the chain.
-    Rows are hashed, chained and signed as they stream into COPY: the server is the bottleneck
-    (index maintenance), so all of custody's own work overlaps it instead of preceding it.
+    """Chain and write a batch of events inside the caller's transaction (see `_append`).
 
     Returns:
         (first seq, last seq, last row hash).
@@ -87,6 +84,69 @@ def append_chained(
     """
     if not events:
         raise ValueError("append_chained needs at least one event")
+    return _append(
+        connection,
+        len(events),
+        lambda first, prev: _chain(events, recorded_at, keyring, first, prev),
+        recorded_at,
+        keyring,
+    )
+
+
+def append_uniform(
+    connection: Connection,
+    template: AuditEvent,
+    items: Sequence[tuple[str, dict[str, str]]],
+    recorded_at: dt.datetime,
+    keyring: Keyring,
+) -> tuple[int, int, str]:
+    """Chain and write one event per ``(resource_id, details)`` item, the rest from ``template``.
+
+    Per-result events (one per landed lab result) differ only in their resource id and a few
+    text details; building and validating an :class:`AuditEvent` per result cost more than
+    chaining and writing it. Each item is checked here the way the model would check it (text
+    only, no NUL, resource id within its length), and every row gets its own event id and
+    ``occurred_at``; the canonical form, hashes and signatures are the model path's exactly.
+
+    Raises:
+        ValueError: ``items`` is empty, or an item would not pass :class:`AuditEvent`.
+    """
+    if not items:
+        raise ValueError("append_uniform needs at least one item")
+    for resource_id, details in items:
+        _check_item(resource_id, details)
+    return _append(
+        connection, len(items),
+        lambda first, prev: _chain_uniform(template, items, recorded_at, keyring, first, prev),
+        recorded_at, keyring,
+    )  # fmt: skip
+
+
+def _check_item(resource_id: str, details: dict[str, str]) -> None:
+    """The checks :class:`AuditEvent` applies to a resource id and plain-text details."""
+    if not isinstance(resource_id, str) or len(resource_id) > 512 or "\x00" in resource_id:
+        raise ValueError("resource_id: must be text of at most 512 characters without NUL")
+    for key, value in details.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "\x00" in value:
+            raise ValueError(f"details.{key}: the uniform path takes text values without NUL")
+
+
+def _append(
+    connection: Connection,
+    count: int,
+    make_rows: Callable[[int, str], Iterator[tuple[Any, ...]]],
+    recorded_at: dt.datetime,
+    keyring: Keyring,
+) -> tuple[int, int, str]:
+    """Chain and write a batch inside the caller's transaction.
+
+    The chain head row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+    IMMEDIATE`` already serialises writers), so concurrent writers queue and never fork the chain.
+    Rows are hashed, chained and signed as they stream into COPY: the server is the bottleneck
+    (index maintenance), so all of custody's own work overlaps it instead of preceding it.
+
+    ``make_rows(first_seq, prev_hash)`` yields the chained rows.
+    """
     head = connection.execute(
         select(audit_chain_head.c.seq, audit_chain_head.c.row_hash, audit_chain_head.c.store_id)
         .where(audit_chain_head.c.id == 1)
@@ -95,7 +155,7 @@ def append_chained(
     if head.store_id is None:
         raise ConfigError("custody's store has no identity yet: run `custody db upgrade`")
     first = int(head.seq) + 1
-    chained = _chain(events, recorded_at, keyring, first, str(head.row_hash))
+    chained = make_rows(first, str(head.row_hash))
     if is_postgres(connection.dialect):
         # Rows are chained as they stream: the server indexes batch rows while we hash the next.
         last_hash = _copy_rows(connection, chained)
@@ -106,7 +166,7 @@ def append_chained(
             [dict(zip(COLUMNS, row, strict=True)) | {"event_id": str(row[3])} for row in rows],
         )
         last_hash = rows[-1][16]
-    last = first + len(events) - 1
+    last = first + count - 1
     connection.execute(
         update(audit_chain_head)
         .where(audit_chain_head.c.id == 1)
@@ -179,6 +239,48 @@ def _chain(
             sign(raw),
         )
         prev, prev_raw = row_hash, raw
+
+
+def _chain_uniform(
+    template: AuditEvent,
+    items: Sequence[tuple[str, dict[str, str]]],
+    recorded_at: dt.datetime,
+    keyring: Keyring,
+    first_seq: int,
+    prev: str,
+) -> Iterator[tuple[Any, ...]]:
+    """Rows for :func:`append_uniform`: :func:`_chain`'s, with the constant fields hoisted."""
+    key_id = keyring.active_key_id
+    sign = keyring.row_signer()
+    sha256 = hashlib.sha256
+    prev_raw = bytes.fromhex(prev)
+    t = template
+    # Event ids are random (version 4) like uuid4's, drawn from the OS 64 KiB at a time.
+    ids = _uuid4s()
+    for seq, (resource_id, details) in enumerate(items, start=first_seq):
+        event_id = next(ids)
+        occurred_at = utc_now()
+        digest = content_digest(
+            event_id, occurred_at, recorded_at, t.principal, t.action, t.status, t.severity,
+            t.resource_type, resource_id, t.correlation_id, t.regulation,
+            t.data_classification, t.retention_days, details,
+        )  # fmt: skip
+        raw = sha256(prev_raw + seq.to_bytes(8, "big") + digest).digest()
+        row_hash = raw.hex()
+        yield (
+            seq, occurred_at, recorded_at, event_id, t.principal, t.action, t.status,
+            t.severity, t.resource_type, resource_id, t.correlation_id, t.regulation,
+            t.data_classification, t.retention_days, details, prev, row_hash, key_id, sign(raw),
+        )  # fmt: skip
+        prev, prev_raw = row_hash, raw
+
+
+def _uuid4s() -> Iterator[UUID]:
+    """Random version-4 UUIDs, the bytes read from ``os.urandom`` in blocks."""
+    while True:
+        block = os.urandom(16 * 4096)
+        for start in range(0, len(block), 16):
+            yield UUID(bytes=block[start : start + 16], version=4)
 
 
 def _copy_rows(connection: Connection, rows: Iterable[tuple[Any, ...]]) -> str:
