@@ -33,6 +33,7 @@ from custody.labs.claims import claim
 from custody.labs.critical import CriticalFinding, CriticalRules
 from custody.labs.history import record_replacements
 from custody.labs.model import FormatMismatchError, LabResult, NotAResult, Rejected, SourceRef
+from custody.labs.prefetch import prefetched
 from custody.labs.sources import name_digest
 from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
 from custody.labs.validate import problems
@@ -279,8 +280,6 @@ class LabIngestor:
 
     def _ingest_in_batches(self, file: str, path: str, digest: str, size: int) -> FileReport:
         """Parse and land an HL7 v2 file batch by batch, all in one transaction."""
-        from custody.labs.hl7v2 import parse_hl7_stream
-
         started = time.perf_counter()
         totals = _Sorted([], [], [])
         landed = quarantined = critical = 0
@@ -289,23 +288,14 @@ class LabIngestor:
         try:
             with self.store.begin() as conn, _open(path) as handle:
                 conn.exec_driver_sql(_LANDED_PG)
-                pending: list[Any] = []
-                for item in parse_hl7_stream(handle, file):
-                    pending.append(item)
-                    if len(pending) >= self.limits.batch_items:
-                        batch = self._sort(pending)
-                        replaced += self._land_batch(conn, file, digest, batch)
-                        landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
-                        critical += len(batch.alerts)
-                        totals.not_results += batch.not_results
-                        pending = []
-                        if time.perf_counter() - started > self.limits.max_seconds:
-                            raise FileTooSlowError
-                batch = self._sort(pending)
-                replaced += self._land_batch(conn, file, digest, batch)
-                landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
-                critical += len(batch.alerts)
-                totals.not_results += batch.not_results
+                # Parsed and sorted in a thread, a batch or two ahead of the landing here.
+                for batch, full in prefetched(self._stream_batches(handle, file)):
+                    replaced += self._land_batch(conn, file, digest, batch)
+                    landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
+                    critical += len(batch.alerts)
+                    totals.not_results += batch.not_results
+                    if full and time.perf_counter() - started > self.limits.max_seconds:
+                        raise FileTooSlowError
                 distinct = conn.exec_driver_sql(
                     "SELECT count(DISTINCT result_id) FROM custody_lab_landed"
                 ).scalar_one()
@@ -337,6 +327,22 @@ class LabIngestor:
             file, digest, "hl7v2", "ingested", int(distinct), quarantined, critical, None,
             time.perf_counter() - started, totals.not_results,
         )  # fmt: skip
+
+    def _stream_batches(self, handle: BinaryIO, file: str) -> Iterator[tuple[_Sorted, bool]]:
+        """The file's records, sorted in batches of ``batch_items``; the last one is not full.
+
+        Raises:
+            FormatMismatchError: the file (or a later piece of it) is not HL7 v2.
+        """
+        from custody.labs.hl7v2 import parse_hl7_stream
+
+        pending: list[Any] = []
+        for item in parse_hl7_stream(handle, file):
+            pending.append(item)
+            if len(pending) >= self.limits.batch_items:
+                yield self._sort(pending), True
+                pending = []
+        yield self._sort(pending), False
 
     def _land_batch(
         self, conn: Connection, file: str, digest: str, batch: _Sorted

@@ -1,9 +1,10 @@
-"""Landing a batch of lab results on PostgreSQL: binary COPY into a staging table, one upsert.
+"""Landing a batch of lab results on PostgreSQL with binary COPY.
 
 Rows go straight from the parsed results into ``COPY ... (FORMAT BINARY)`` (no dict per row,
-no text formatting of numbers and times); the results they replace are found with one join
-against the staging table instead of a query per thousand ids, and the upsert is a single
-``INSERT ... SELECT ... ON CONFLICT``. The server's work (index maintenance) then dominates.
+no text formatting of numbers and times); the stored rows they replace are found with one
+``= ANY(array)`` query instead of a query per thousand ids; new results are copied straight into
+the table and only a batch that replaces something takes the staged ``INSERT ... ON CONFLICT``.
+The server's work (index maintenance) then dominates.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, Text, column, text
+import psycopg
+from sqlalchemy import Connection, text
 
 from custody.audit import AuditEvent
 from custody.labs.history import history_events
@@ -56,35 +58,32 @@ def land(
     principal: str,
     correlation_id: str | None,
 ) -> list[AuditEvent]:
-    """Stage, archive what is replaced, upsert; return one audit event per replacement.
+    """Archive what the results replace, write them; return one audit event per replacement.
 
-    A file may carry the same result twice (a correction in the same batch): the last wins, and
-    a row this same file landed earlier (a previous batch) is not a replacement of another's.
+    One query finds the stored rows with these ids. None (the usual case: new results, each
+    once) and the rows are copied straight into ``lab_results``; otherwise they are staged and
+    upserted. A file may carry the same result twice (a correction in the same batch): the last
+    wins, and a row this same file landed earlier (a previous batch) is not a replacement of
+    another file's.
     """
+    ids = [r.result_id for r in results]
+    query = text(f"SELECT {', '.join(NAMES)} FROM lab_results WHERE result_id = ANY(:ids)")
+    stored = [dict(m) for m in conn.execute(query.columns(*lab_results.c), {"ids": ids}).mappings()]
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(_STAGE)
-    cursor.execute("TRUNCATE custody_lab_upsert")
-    with cursor.copy(
-        f"COPY custody_lab_upsert ({', '.join(NAMES)}) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(_COPY_TYPES)
-        write = copy.write_row
-        for result in results:
-            write(row(result, digest, now))
-    staged = _LAST_PER_ID.format(cols="result_id, status")
-    query = text(
-        f"SELECT {', '.join('lr.' + n for n in NAMES)}, s.status AS custody_new_status "
-        f"FROM lab_results lr JOIN ({staged}) s USING (result_id) WHERE lr.file_sha256 <> :digest"
-    ).columns(*lab_results.c, column("custody_new_status", Text))  # stored types, as select()
-    old = conn.execute(query, {"digest": digest}).mappings()
-    replaced = [dict(m) for m in old]
+    if not stored and len(set(ids)) == len(ids):  # all new, each once: straight in
+        _copy(cursor, "lab_results", results, digest, now)
+        return []
     events: list[AuditEvent] = []
+    replaced = [old for old in stored if old["file_sha256"] != digest]
     if replaced:
-        status_by_id = {m["result_id"]: m.pop("custody_new_status") for m in replaced}
+        status_by_id = {r.result_id: r.status.value for r in results}  # the last one wins
         events = history_events(
             conn, replaced, status_by_id, digest, now, principal=principal,
             correlation_id=correlation_id,
         )  # fmt: skip
+    cursor.execute(_STAGE)
+    cursor.execute("TRUNCATE custody_lab_upsert")
+    _copy(cursor, "custody_lab_upsert", results, digest, now)
     updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in NAMES[1:])
     cols = ", ".join(NAMES)
     cursor.execute(
@@ -92,3 +91,17 @@ def land(
         f"ON CONFLICT (result_id) DO UPDATE SET {updates}"
     )
     return events
+
+
+def _copy(
+    cursor: psycopg.Cursor[Any],
+    table: str,
+    results: list[LabResult],
+    digest: str,
+    now: dt.datetime,
+) -> None:
+    with cursor.copy(f"COPY {table} ({', '.join(NAMES)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_COPY_TYPES)
+        write = copy.write_row
+        for result in results:
+            write(row(result, digest, now))
