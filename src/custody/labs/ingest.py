@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo
@@ -288,14 +289,17 @@ class LabIngestor:
         try:
             with self.store.begin() as conn, _open(path) as handle:
                 conn.exec_driver_sql(_LANDED_PG)
-                # Parsed and sorted in a thread, a batch or two ahead of the landing here.
-                for batch, full in prefetched(self._stream_batches(handle, file)):
-                    replaced += self._land_batch(conn, file, digest, batch)
-                    landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
-                    critical += len(batch.alerts)
-                    totals.not_results += batch.not_results
-                    if full and time.perf_counter() - started > self.limits.max_seconds:
-                        raise FileTooSlowError
+                # Parsed and sorted in a thread, a batch or two ahead of the landing here; closed
+                # (the thread stopped) before the file is, whatever ends the loop.
+                with closing(prefetched(self._stream_batches(handle, file))) as batches:
+                    for batch, full in batches:
+                        replaced += self._land_batch(conn, file, digest, batch)
+                        landed += len(batch.good)
+                        quarantined += len(batch.bad)
+                        critical += len(batch.alerts)
+                        totals.not_results += batch.not_results
+                        if full and time.perf_counter() - started > self.limits.max_seconds:
+                            raise FileTooSlowError
                 distinct = conn.exec_driver_sql(
                     "SELECT count(DISTINCT result_id) FROM custody_lab_landed"
                 ).scalar_one()
