@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from uuid import UUID
 
 import orjson
 from psycopg import postgres
@@ -12,7 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from custody.audit.chain import Keyring, content_digest
 from custody.audit.events import AuditEvent
-from custody.db import is_postgres
+from custody.db import is_postgres, utc_now
 from custody.errors import ConfigError
 from custody.store.tables import audit_chain_head, audit_log
 
@@ -81,12 +84,7 @@ def append_chained(
     recorded_at: dt.datetime,
     keyring: Keyring,
 ) -> tuple[int, int, str]:
-    """Chain and write a batch inside the caller's transaction.
-
-    The chain head row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
-    IMMEDIATE`` already serialises writers), so concurrent writers queue and never fork the chain.
-    Rows are hashed, chained and signed as they stream into COPY: the server is the bottleneck
-    (index maintenance), so all of custody's own work overlaps it instead of preceding it.
+    """Chain and write a batch of events inside the caller's transaction (see `_append`).
 
     Returns:
         (first seq, last seq, last row hash).
@@ -96,8 +94,72 @@ def append_chained(
     """
     if not events:
         raise ValueError("append_chained needs at least one event")
+    return _append(
+        connection,
+        len(events),
+        lambda first, prev: _chain(events, recorded_at, keyring, first, prev),
+        recorded_at,
+        keyring,
+    )
+
+
+def append_uniform(
+    connection: Connection,
+    template: AuditEvent,
+    items: Sequence[tuple[str, dict[str, str]]],
+    recorded_at: dt.datetime,
+    keyring: Keyring,
+) -> tuple[int, int, str]:
+    """Chain and write one event per ``(resource_id, details)`` item, the rest from ``template``.
+
+    Per-result events (one per landed lab result) differ only in their resource id and a few
+    text details; building and validating an :class:`AuditEvent` per result cost more than
+    chaining and writing it. Each item is checked here the way the model would check it (text
+    only, no NUL, resource id within its length), and every row gets its own event id and
+    ``occurred_at``; the canonical form, hashes and signatures are the model path's exactly.
+
+    Raises:
+        ValueError: ``items`` is empty, or an item would not pass :class:`AuditEvent`.
+    """
+    if not items:
+        raise ValueError("append_uniform needs at least one item")
+    for resource_id, details in items:
+        _check_item(resource_id, details)
+    return _append(
+        connection, len(items),
+        lambda first, prev: _chain_uniform(template, items, recorded_at, keyring, first, prev),
+        recorded_at, keyring,
+    )  # fmt: skip
+
+
+def _check_item(resource_id: str, details: dict[str, str]) -> None:
+    """The checks :class:`AuditEvent` applies to a resource id and plain-text details."""
+    if not isinstance(resource_id, str) or len(resource_id) > 512 or "\x00" in resource_id:
+        raise ValueError("resource_id: must be text of at most 512 characters without NUL")
+    for key, value in details.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "\x00" in value:
+            raise ValueError(f"details.{key}: the uniform path takes text values without NUL")
+
+
+def _append(
+    connection: Connection,
+    count: int,
+    make_rows: Callable[[int, str], Iterator[tuple[Any, ...]]],
+    recorded_at: dt.datetime,
+    keyring: Keyring,
+) -> tuple[int, int, str]:
+    """Chain and write a batch inside the caller's transaction.
+
+    The chain head row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+    IMMEDIATE`` already serialises writers), so concurrent writers queue and never fork the chain.
+    On PostgreSQL rows are hashed, chained and signed as they stream into COPY: the server is the
+    bottleneck (index maintenance), so all of custody's own work overlaps it instead of
+    preceding it.
+
+    ``make_rows(first_seq, prev_hash)`` yields the chained rows, in ``COLUMNS`` order.
+    """
     if is_postgres(connection.dialect):
-        return _append_postgres(connection, events, recorded_at, keyring)
+        return _append_postgres(connection, make_rows, recorded_at, keyring)
     head = connection.execute(
         select(audit_chain_head.c.seq, audit_chain_head.c.row_hash, audit_chain_head.c.store_id)
         .where(audit_chain_head.c.id == 1)
@@ -105,33 +167,12 @@ def append_chained(
     ).one()
     first = int(head.seq) + 1
     store_id = _store_id(head.store_id)
-    chained = list(_chain(events, recorded_at, keyring, first, str(head.row_hash)))
-    rows = [
-        {
-            "seq": seq,
-            "occurred_at": e.occurred_at,
-            "recorded_at": recorded_at,
-            "event_id": str(e.event_id),
-            "principal": e.principal,
-            "action": e.action,
-            "status": e.status,
-            "severity": e.severity,
-            "resource_type": e.resource_type,
-            "resource_id": e.resource_id,
-            "correlation_id": e.correlation_id,
-            "regulation": e.regulation,
-            "data_classification": e.data_classification,
-            "retention_days": e.retention_days,
-            "details": e.details,
-            "prev_hash": prev,
-            "row_hash": row_hash,
-            "key_id": keyring.active_key_id,
-            "signature": signature,
-        }
-        for seq, e, prev, row_hash, signature in chained
-    ]
-    connection.execute(audit_log.insert(), rows)
-    last, _, _, last_hash, _ = chained[-1]
+    rows = list(make_rows(first, str(head.row_hash)))
+    connection.execute(
+        audit_log.insert(),
+        [dict(zip(COLUMNS, row, strict=True)) | {"event_id": str(row[3])} for row in rows],
+    )
+    last, last_hash = first + count - 1, str(rows[-1][16])
     connection.execute(
         update(audit_chain_head)
         .where(audit_chain_head.c.id == 1)
@@ -154,7 +195,7 @@ def _store_id(value: str | None) -> str:
 
 def _append_postgres(
     connection: Connection,
-    events: Sequence[AuditEvent],
+    make_rows: Callable[[int, str], Iterator[tuple[Any, ...]]],
     recorded_at: dt.datetime,
     keyring: Keyring,
 ) -> tuple[int, int, str]:
@@ -172,32 +213,9 @@ def _append_postgres(
             copy.set_types(_PG_TYPE_OIDS)
             write, dumps = copy.write_row, orjson.dumps
             # Rows stream as they are chained: the server indexes them while we hash the next.
-            for seq, e, prev, row_hash, signature in _chain(
-                events, recorded_at, keyring, first, head_hash
-            ):
-                write(
-                    (
-                        seq,
-                        e.occurred_at,
-                        recorded_at,
-                        e.event_id,
-                        e.principal,
-                        e.action,
-                        e.status,
-                        e.severity,
-                        e.resource_type,
-                        e.resource_id,
-                        e.correlation_id,
-                        e.regulation,
-                        e.data_classification,
-                        e.retention_days,
-                        _JSONB_V1 + dumps(e.details),
-                        prev,
-                        row_hash,
-                        key_id,
-                        signature,
-                    )
-                )
+            for row in make_rows(first, head_hash):
+                write((*row[:14], _JSONB_V1 + dumps(row[14]), *row[15:]))
+                seq, row_hash = row[0], row[16]
         signature = keyring.sign_head_v2(store_id, seq, row_hash, recorded_at)
         cursor.execute(_PG_MOVE_HEAD, (seq, row_hash, key_id, signature, recorded_at))
     return first, seq, row_hash
@@ -209,12 +227,13 @@ def _chain(
     keyring: Keyring,
     first_seq: int,
     prev: str,
-) -> Iterator[tuple[int, AuditEvent, str, str, str]]:
-    """Each event chained and signed: (seq, event, prev hash, row hash, signature).
+) -> Iterator[tuple[Any, ...]]:
+    """Rows ready for COPY, chained and signed.
 
     Same hashes as :func:`link_hash` and :meth:`Keyring.sign`, with the previous hash kept as
     bytes (no hex round trip per event) and a one-shot HMAC.
     """
+    key_id = keyring.active_key_id
     sign = keyring.row_signer()
     sha256 = hashlib.sha256
     prev_raw = bytes.fromhex(prev)
@@ -237,5 +256,68 @@ def _chain(
         )
         raw = sha256(prev_raw + seq.to_bytes(8, "big") + digest).digest()
         row_hash = raw.hex()
-        yield seq, e, prev, row_hash, sign(raw)
+        # Enum members are str subclasses: COPY writes their value as is.
+        yield (
+            seq,
+            e.occurred_at,
+            recorded_at,
+            e.event_id,
+            e.principal,
+            e.action,
+            e.status,
+            e.severity,
+            e.resource_type,
+            e.resource_id,
+            e.correlation_id,
+            e.regulation,
+            e.data_classification,
+            e.retention_days,
+            e.details,
+            prev,
+            row_hash,
+            key_id,
+            sign(raw),
+        )
         prev, prev_raw = row_hash, raw
+
+
+def _chain_uniform(
+    template: AuditEvent,
+    items: Sequence[tuple[str, dict[str, str]]],
+    recorded_at: dt.datetime,
+    keyring: Keyring,
+    first_seq: int,
+    prev: str,
+) -> Iterator[tuple[Any, ...]]:
+    """Rows for :func:`append_uniform`: :func:`_chain`'s, with the constant fields hoisted."""
+    key_id = keyring.active_key_id
+    sign = keyring.row_signer()
+    sha256 = hashlib.sha256
+    prev_raw = bytes.fromhex(prev)
+    t = template
+    # Event ids are random (version 4) like uuid4's, drawn from the OS 64 KiB at a time.
+    ids = _uuid4s()
+    for seq, (resource_id, details) in enumerate(items, start=first_seq):
+        event_id = next(ids)
+        occurred_at = utc_now()
+        digest = content_digest(
+            event_id, occurred_at, recorded_at, t.principal, t.action, t.status, t.severity,
+            t.resource_type, resource_id, t.correlation_id, t.regulation,
+            t.data_classification, t.retention_days, details,
+        )  # fmt: skip
+        raw = sha256(prev_raw + seq.to_bytes(8, "big") + digest).digest()
+        row_hash = raw.hex()
+        yield (
+            seq, occurred_at, recorded_at, event_id, t.principal, t.action, t.status,
+            t.severity, t.resource_type, resource_id, t.correlation_id, t.regulation,
+            t.data_classification, t.retention_days, details, prev, row_hash, key_id, sign(raw),
+        )  # fmt: skip
+        prev, prev_raw = row_hash, raw
+
+
+def _uuid4s() -> Iterator[UUID]:
+    """Random version-4 UUIDs, the bytes read from ``os.urandom`` in blocks."""
+    while True:
+        block = os.urandom(16 * 4096)
+        for start in range(0, len(block), 16):
+            yield UUID(bytes=block[start : start + 16], version=4)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
-from custody.audit.append import append_chained
+from custody.audit.append import append_chained, append_uniform
 from custody.audit.chain import Keyring
 from custody.audit.events import AuditEvent, Severity, check_not_future
 from custody.db import get_engine, utc_now, write_transaction
@@ -109,6 +109,28 @@ class AuditLog:
         now = utc_now()
         check_not_future(events, self.max_clock_skew, now)
         first, last, head = append_chained(connection, events, now, self.keyring)
+        return AppendResult(first, last, head)
+
+    def append_uniform_in(
+        self,
+        connection: Connection,
+        template: AuditEvent,
+        items: Sequence[tuple[str, dict[str, str]]],
+    ) -> AppendResult:
+        """Append one event per ``(resource_id, details)`` item, the rest taken from ``template``.
+
+        The high-volume form of :meth:`append_in` (per-result events of an ingest): same rows,
+        hashes and signatures, without a validated model object per event. Critical events go
+        through :meth:`log_critical`, never through here.
+
+        Raises:
+            ValueError: ``template`` is critical, or an item would not pass :class:`AuditEvent`.
+        """
+        if template.severity is Severity.CRITICAL:
+            raise ValueError("critical events take log_critical, not the uniform path")
+        now = utc_now()
+        check_not_future([template], self.max_clock_skew, now)
+        first, last, head = append_uniform(connection, template, items, now, self.keyring)
         return AppendResult(first, last, head)
 
     def log_critical(self, event: AuditEvent) -> AppendResult:

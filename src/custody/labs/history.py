@@ -40,20 +40,43 @@ def record_replacements(
     """
     status_by_id = {row["result_id"]: row["status"] for row in new_rows}
     ids = list(status_by_id)
-    history: list[dict[str, Any]] = []
+    olds: list[dict[str, Any]] = []
     for start in range(0, len(ids), _BATCH):
         query = select(lab_results).where(
             lab_results.c.result_id.in_(ids[start : start + _BATCH]),
             lab_results.c.file_sha256 != digest,
         )
-        for old in conn.execute(query).mappings():
-            history.append({
-                "result_id": old["result_id"], "file_sha256": old["file_sha256"],
-                "replaced_by_file": digest, "previous_status": old["status"],
-                "new_status": status_by_id[old["result_id"]],
-                "previous": {k: _json(v) for k, v in old.items()}, "replaced_at": now,
-                "correlation_id": correlation_id,
-            })  # fmt: skip
+        olds.extend(dict(old) for old in conn.execute(query).mappings())
+    return history_events(
+        conn, olds, status_by_id, digest, now, principal=principal, correlation_id=correlation_id
+    )
+
+
+def history_events(
+    conn: Connection,
+    olds: list[dict[str, Any]],
+    status_by_id: dict[str, Any],
+    digest: str,
+    now: dt.datetime,
+    *,
+    principal: str,
+    correlation_id: str | None,
+) -> list[AuditEvent]:
+    """Archive the given stored rows (about to be replaced); one audit event per replacement.
+
+    ``olds`` are full ``lab_results`` rows of other files; ``status_by_id`` the new status of
+    each replacing result. Shared by the per-id lookup above and PostgreSQL's staged join.
+    """
+    history = [
+        {
+            "result_id": old["result_id"], "file_sha256": old["file_sha256"],
+            "replaced_by_file": digest, "previous_status": old["status"],
+            "new_status": status_by_id[old["result_id"]],
+            "previous": {k: _json(v) for k, v in old.items()}, "replaced_at": now,
+            "correlation_id": correlation_id,
+        }
+        for old in olds
+    ]  # fmt: skip
     if not history:
         return []
     conn.execute(insert(lab_results_history), history)

@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo
@@ -28,10 +29,12 @@ from custody.audit import AuditEvent, AuditLog, AuditStatus, DataClassification,
 from custody.chunks.retry import is_transient
 from custody.db import is_postgres, utc_now
 from custody.errors import CustodyError, safe_error
+from custody.labs import pg_landing
 from custody.labs.claims import claim
 from custody.labs.critical import CriticalFinding, CriticalRules
 from custody.labs.history import record_replacements
 from custody.labs.model import FormatMismatchError, LabResult, NotAResult, Rejected, SourceRef
+from custody.labs.prefetch import prefetched
 from custody.labs.sources import name_digest
 from custody.labs.tables import critical_results, lab_files, lab_quarantine, lab_results
 from custody.labs.validate import problems
@@ -209,7 +212,7 @@ class LabIngestor:
         parsed = time.perf_counter() - started
         if parsed > self.limits.max_seconds:
             return self._reject_file(file, digest, kind, len(data), self._too_slow())
-        seqs = [self._announce(f, digest) for f in findings]  # before the commit: immediately
+        seqs = self._announce_all(findings, digest)  # before the commit: immediately
         try:
             with self.store.begin() as conn:
                 self._land(
@@ -278,8 +281,6 @@ class LabIngestor:
 
     def _ingest_in_batches(self, file: str, path: str, digest: str, size: int) -> FileReport:
         """Parse and land an HL7 v2 file batch by batch, all in one transaction."""
-        from custody.labs.hl7v2 import parse_hl7_stream
-
         started = time.perf_counter()
         totals = _Sorted([], [], [])
         landed = quarantined = critical = 0
@@ -288,23 +289,17 @@ class LabIngestor:
         try:
             with self.store.begin() as conn, _open(path) as handle:
                 conn.exec_driver_sql(_LANDED_PG)
-                pending: list[Any] = []
-                for item in parse_hl7_stream(handle, file):
-                    pending.append(item)
-                    if len(pending) >= self.limits.batch_items:
-                        batch = self._sort(pending)
+                # Parsed and sorted in a thread, a batch or two ahead of the landing here; closed
+                # (the thread stopped) before the file is, whatever ends the loop.
+                with closing(prefetched(self._stream_batches(handle, file))) as batches:
+                    for batch, full in batches:
                         replaced += self._land_batch(conn, file, digest, batch)
-                        landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
+                        landed += len(batch.good)
+                        quarantined += len(batch.bad)
                         critical += len(batch.alerts)
                         totals.not_results += batch.not_results
-                        pending = []
-                        if time.perf_counter() - started > self.limits.max_seconds:
+                        if full and time.perf_counter() - started > self.limits.max_seconds:
                             raise FileTooSlowError
-                batch = self._sort(pending)
-                replaced += self._land_batch(conn, file, digest, batch)
-                landed, quarantined = landed + len(batch.good), quarantined + len(batch.bad)
-                critical += len(batch.alerts)
-                totals.not_results += batch.not_results
                 distinct = conn.exec_driver_sql(
                     "SELECT count(DISTINCT result_id) FROM custody_lab_landed"
                 ).scalar_one()
@@ -337,6 +332,22 @@ class LabIngestor:
             time.perf_counter() - started, totals.not_results,
         )  # fmt: skip
 
+    def _stream_batches(self, handle: BinaryIO, file: str) -> Iterator[tuple[_Sorted, bool]]:
+        """The file's records, sorted in batches of ``batch_items``; the last one is not full.
+
+        Raises:
+            FormatMismatchError: the file (or a later piece of it) is not HL7 v2.
+        """
+        from custody.labs.hl7v2 import parse_hl7_stream
+
+        pending: list[Any] = []
+        for item in parse_hl7_stream(handle, file):
+            pending.append(item)
+            if len(pending) >= self.limits.batch_items:
+                yield self._sort(pending), True
+                pending = []
+        yield self._sort(pending), False
+
     def _land_batch(
         self, conn: Connection, file: str, digest: str, batch: _Sorted
     ) -> list[AuditEvent]:
@@ -346,18 +357,16 @@ class LabIngestor:
         the audit chain's lock until the commit, and the critical announcements of later
         batches (on their own connection) must not wait for it.
         """
-        seqs = [self._announce(a, digest) for a in batch.alerts]
+        seqs = self._announce_all(batch.alerts, digest)
         now = utc_now()
         replaced: list[AuditEvent] = []
         if batch.good:
-            rows = [_row(r, digest, now) for r in batch.good]
-            replaced = record_replacements(
-                conn, rows, digest, now, principal=self.principal,
-                correlation_id=self.correlation_id,
-            )  # fmt: skip
-            self._upsert(conn, rows)
+            replaced = self._upsert_results(conn, batch.good, digest, now)
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor.copy("COPY custody_lab_landed (result_id, position) FROM STDIN") as copy:
+            with cursor.copy(
+                "COPY custody_lab_landed (result_id, position) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "text"])
                 for r in batch.good:
                     copy.write_row((r.result_id, r.source.position))
         self._write_quarantine_and_alerts(conn, file, digest, batch.bad, batch.alerts, seqs, now)
@@ -373,22 +382,42 @@ class LabIngestor:
         while True:
             page = conn.exec_driver_sql(
                 "SELECT n, result_id, position FROM custody_lab_landed WHERE n > %(last)s "
-                "ORDER BY n LIMIT 20000",
+                "ORDER BY n LIMIT 50000",
                 {"last": last},
             ).all()
             if not page:
                 return
             last = page[-1][0]
-            self.audit.append_in(conn, [
-                AuditEvent(
-                    principal=self.principal, action=_PROCESSED[kind], status=AuditStatus.SUCCESS,
-                    resource_type="lab_result", resource_id=rid,
-                    correlation_id=self.correlation_id,
-                    data_classification=DataClassification.PHI,
-                    details={"file_sha256": digest, "position": position},
-                )
-                for _, rid, position in page
-            ])  # fmt: skip
+            self._append_results(conn, digest, kind, [(rid, pos) for _, rid, pos in page])
+
+    def _append_results(
+        self, conn: Connection, digest: str, kind: str, landed: list[tuple[str, str]]
+    ) -> None:
+        """One ``*.processed`` audit event per landed result (resource id and position)."""
+        template = AuditEvent(
+            principal=self.principal, action=_PROCESSED[kind], status=AuditStatus.SUCCESS,
+            resource_type="lab_result", correlation_id=self.correlation_id,
+            data_classification=DataClassification.PHI,
+        )  # fmt: skip
+        self.audit.append_uniform_in(conn, template, [
+            (rid, {"file_sha256": digest, "position": position}) for rid, position in landed
+        ])  # fmt: skip
+
+    def _upsert_results(
+        self, conn: Connection, good: list[LabResult], digest: str, now: Any
+    ) -> list[AuditEvent]:
+        """Archive what the results replace, then upsert them; events for the replacements."""
+        if is_postgres(conn.dialect):
+            return pg_landing.land(
+                conn, good, digest, now, principal=self.principal,
+                correlation_id=self.correlation_id,
+            )  # fmt: skip
+        rows = [_row(r, digest, now) for r in good]
+        replaced = record_replacements(
+            conn, rows, digest, now, principal=self.principal, correlation_id=self.correlation_id
+        )
+        self._upsert(conn, rows)
+        return replaced
 
     def _too_slow(self) -> str:
         return (
@@ -424,7 +453,19 @@ class LabIngestor:
             return []
         return [Alert(finding, quarantine_stage, result.source.position)]
 
-    def _announce(self, alert: Alert, digest: str) -> int:
+    def _announce_all(self, alerts: list[Alert], digest: str) -> list[int]:
+        """Write a batch's critical events at once, in one transaction; their audit seqs.
+
+        One commit for the batch's alerts rather than one each: they are still durable (and
+        announced to the listeners) before any of the batch's results is landed.
+        """
+        if not alerts:
+            return []
+        events = [self._critical_event(a, digest) for a in alerts]
+        first = self.audit.log_batch(events).first_seq
+        return list(range(first, first + len(events)))
+
+    def _critical_event(self, alert: Alert, digest: str) -> AuditEvent:
         finding = alert.finding
         details: dict[str, Any] = {
             "analyte": finding.analyte,
@@ -440,7 +481,7 @@ class LabIngestor:
             details["quarantined"] = True
             details["quarantine_stage"] = alert.quarantine_stage
             details["quarantine_position"] = alert.position
-        event = AuditEvent(
+        return AuditEvent(
             principal=self.principal,
             action="lab.critical_result.detected",
             status=AuditStatus.SUCCESS,
@@ -452,7 +493,6 @@ class LabIngestor:
             data_classification=DataClassification.PHI,
             details=details,
         )
-        return self.audit.log_critical(event).last_seq
 
     def _land(
         self,
@@ -470,12 +510,7 @@ class LabIngestor:
         now = utc_now()
         replaced: list[AuditEvent] = []
         if good:
-            rows = [_row(r, digest, now) for r in good]
-            replaced = record_replacements(
-                conn, rows, digest, now, principal=self.principal,
-                correlation_id=self.correlation_id,
-            )  # fmt: skip
-            self._upsert(conn, rows)
+            replaced = self._upsert_results(conn, good, digest, now)
         self._write_quarantine_and_alerts(conn, file, digest, bad, findings, seqs, now)
         conn.execute(
             insert(lab_files).values(
@@ -485,18 +520,12 @@ class LabIngestor:
                 not_results=not_results, ingested_at=now, correlation_id=self.correlation_id,
             )
         )  # fmt: skip
-        action = _PROCESSED[kind]
-        events = [
-            AuditEvent(
-                principal=self.principal, action=action, status=AuditStatus.SUCCESS,
-                resource_type="lab_result", resource_id=r.result_id,
-                correlation_id=self.correlation_id, data_classification=DataClassification.PHI,
-                details={"file_sha256": digest, "position": r.source.position},
+        if replaced:
+            self.audit.append_in(conn, replaced)
+        if good:
+            self._append_results(
+                conn, digest, kind, [(r.result_id, r.source.position) for r in good]
             )
-            for r in good
-        ]  # fmt: skip
-        if events or replaced:
-            self.audit.append_in(conn, [*replaced, *events])
 
     def _write_quarantine_and_alerts(
         self,
@@ -533,9 +562,6 @@ class LabIngestor:
             )  # fmt: skip
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        if is_postgres(conn.dialect):
-            _upsert_postgres(conn, rows)
-            return
         statement = sqlite.insert(lab_results)
         updates = {c.name: statement.excluded[c.name] for c in _COLUMNS[1:]}
         for start in range(0, len(rows), 1000):
@@ -619,26 +645,3 @@ def _file_digest(path: str) -> str:
 
 
 _COLUMNS = list(lab_results.c)
-_UPSERT_PG = """
-CREATE TEMP TABLE IF NOT EXISTS custody_lab_upsert (LIKE lab_results) ON COMMIT DELETE ROWS;
-"""
-
-
-def _upsert_postgres(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """COPY into a temporary table, then one INSERT ... ON CONFLICT: 4x SQLAlchemy's executemany.
-
-    A file may carry the same result twice (a correction in the same batch): the last wins.
-    """
-    names = [c.name for c in _COLUMNS]
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(_UPSERT_PG)
-    with cursor.copy(f"COPY custody_lab_upsert ({', '.join(names)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([row[n] for n in names])
-    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names[1:])
-    cursor.execute(
-        f"INSERT INTO lab_results ({', '.join(names)}) "
-        f"SELECT DISTINCT ON (result_id) {', '.join(names)} FROM custody_lab_upsert "
-        f"ORDER BY result_id, ctid DESC ON CONFLICT (result_id) DO UPDATE SET {updates}"
-    )
-    cursor.execute("TRUNCATE custody_lab_upsert")
