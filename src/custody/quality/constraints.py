@@ -8,8 +8,10 @@ right after the primary key build had checked exactly the same thing.
 
 Only constraints that hold for every row count as proof: a unique index must be valid, live,
 immediate, not partial, on plain columns only, and its columns a subset of the checked key,
-whose columns must all be proven NOT NULL themselves (a unique index lets NULLs repeat). The
-table is found by its exact, quoted name; anything not proven is left to GX.
+whose columns must all be proven NOT NULL themselves (a unique index lets NULLs repeat), and
+the table must not be an inheritance parent (its index does not cover its children's rows,
+which the gate counts; a partitioned table's does). The table is found by its exact, quoted
+name; anything not proven is left to GX.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ _UNIQUE = text(
     "WHERE i.indrelid = CAST(:rel AS pg_catalog.regclass) AND i.indisunique AND i.indisvalid "
     "AND i.indislive AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL "
     "AND NOT (0 = ANY (i.indkey[0:i.indnkeyatts - 1])) "
+    # A partitioned table's unique index covers its partitions; an inheritance parent's covers
+    # its own rows only, and the gate reads its children's rows too.
+    "AND ((SELECT t.relkind FROM pg_catalog.pg_class t WHERE t.oid = i.indrelid) = 'p' "
+    "OR NOT EXISTS ("
+    "SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhparent = i.indrelid)) "
     "GROUP BY c.relname ORDER BY c.relname"
 )
 

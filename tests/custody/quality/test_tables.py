@@ -139,6 +139,27 @@ def test_a_unique_index_that_does_not_hold_for_the_key_proves_nothing(
     assert result.failed == ["expect_column_values_to_be_unique(id)"]
 
 
+def test_an_inheritance_parents_unique_index_proves_nothing_for_its_children(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ward (id int PRIMARY KEY, n int NOT NULL)")
+        conn.execute("CREATE TABLE ward_child () INHERITS (ward)")
+        conn.execute("INSERT INTO ward VALUES (1, 1); INSERT INTO ward_child VALUES (1, 2)")
+    result = _ward(pg_url, ("id",))
+    assert result.failed == ["expect_column_values_to_be_unique(id)"]
+
+
+def test_a_partitioned_tables_unique_index_covers_its_partitions(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE ward (id int PRIMARY KEY, n int NOT NULL) PARTITION BY RANGE (id)"
+        )
+        conn.execute("CREATE TABLE ward_1 PARTITION OF ward FOR VALUES FROM (0) TO (10)")
+        conn.execute("INSERT INTO ward VALUES (1, 1), (2, 2)")
+    result = _ward(pg_url, ("id",))
+    assert result.success
+    assert result.by_constraint == ["expect_column_values_to_be_unique(id)", f"{NN}(id)"]
+
+
 def test_a_deferrable_unique_constraint_is_left_to_gx(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE ward (id int NOT NULL UNIQUE DEFERRABLE, n int NOT NULL)")
