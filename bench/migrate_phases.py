@@ -56,14 +56,15 @@ def instrument() -> None:
         "describe_source_tables",
         "check_target_columns",
         "prepare_target_schema",
+        "plan_table_ranges",
         "plan_migration",
         "finalize_target_schema",
         "check_target_table",
     ):
-        task = getattr(migration_tasks, name)
-        task.fn = timed(f"task: {name}", task.fn)
-    flow = flow_module.migrate_tables
-    flow.fn = timed("flow: body", flow.fn)
+        task = getattr(migration_tasks, name, None)  # older versions lack some
+        if task is not None:
+            task.fn = timed(f"task: {name}", task.fn)
+    flow = flow_module.migrate_tables  # its body is not wrapped: Prefect reads its signature
 
     def called(*args: Any, **kwargs: Any) -> Any:
         from custody.settings import reset_settings_cache
