@@ -3,8 +3,7 @@
 Wraps the flow's steps (task bodies) and each chunk's parts (the COPY pipe, both fingerprints,
 ledger writes) with timers, runs ``bench/migrate.py`` with the same arguments, then prints each
 timed span (start and end in seconds since the flow was called, duration, thread) and the sum
-per phase to stderr; migrate.py's JSON line stays on stdout. The source fingerprint runs on a
-thread of its own, overlapping the copy: its spans show on ``source-fingerprint`` threads.
+per phase to stderr; migrate.py's JSON line stays on stdout.
 
     python bench/migrate_phases.py --rows 1000000
 """

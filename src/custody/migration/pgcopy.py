@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -262,33 +261,6 @@ def verify_range(
     )
 
 
-def snapshot_fingerprint(
-    url: URL,
-    snapshot: str,
-    info: TableInfo,
-    where: sql.Composable,
-    *,
-    verify: str,
-    same_encoding: bool,
-) -> tuple[int, str]:
-    """``table_fingerprint`` on a connection of its own that joins an exported snapshot.
-
-    The source's fingerprint then runs while the same snapshot's rows are being copied: it is
-    the same query over the same rows as after the copy, only no longer waiting for it.
-    """
-    with psycopg.connect(libpq_dsn(url)) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        conn.execute(SESSION_SETTINGS)
-        conn.execute(NAME_SETTINGS)
-        with conn.cursor() as cursor:
-            found = table_fingerprint(
-                cursor, info, where, verify=verify, same_encoding=same_encoding
-            )
-        conn.rollback()
-    return found
-
-
 @dataclass(frozen=True)
 class PgRangeCopy:
     """Chunk work: copy and verify one key range of one table between two named connections.
@@ -320,17 +292,28 @@ class PgRangeCopy:
             src.execute(SESSION_SETTINGS)
             src.execute(NAME_SETTINGS)  # reg* leave the source by name
             dst.execute(SESSION_SETTINGS)
-            same = same_encoding(src, dst)
-            exported = src.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
-            assert exported is not None
-            with ThreadPoolExecutor(1, thread_name_prefix="source-fingerprint") as pool:
-                # The source's fingerprint, in the copy's snapshot, while the copy runs.
-                source_fp = pool.submit(
-                    snapshot_fingerprint, src_url, str(exported[0]), self.info, where,
-                    verify=self.verify, same_encoding=same,
-                )  # fmt: skip
-                target = self._copy(src, dst, src_url, chunk, where, query, fmt, same)
-                source = source_fp.result()
+            with src.cursor() as rc, dst.cursor() as wc:
+                if chunk.attempt > 1 or self.replace_existing:
+                    wc.execute(
+                        sql.SQL("DELETE FROM {t} WHERE {w}").format(t=_from(self.info), w=where)
+                    )
+                copy_in = sql.SQL("COPY {t} ({cols}) FROM STDIN {fmt}").format(
+                    t=sql.Identifier(self.info.schema, self.info.name),
+                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.info.columns),
+                    fmt=fmt,
+                )
+                copy_out = sql.SQL("COPY ({q}) TO STDOUT {fmt}").format(q=query, fmt=fmt)
+                # Source last: if reading fails, the COPY into the target is aborted.
+                with wc.copy(copy_in) as into, copy_out_blocks(src, src_url, copy_out) as out:
+                    _pipe(out, into)
+                same = same_encoding(src, dst)
+                source = table_fingerprint(
+                    rc, self.info, where, verify=self.verify, same_encoding=same
+                )
+                wc.execute(NAME_SETTINGS)
+                target = table_fingerprint(
+                    wc, self.info, where, verify=self.verify, same_encoding=same
+                )
             src.rollback()
             dst.commit()
         return ChunkOutcome(
@@ -339,34 +322,3 @@ class PgRangeCopy:
             target_count=target[0],
             target_hash=target[1],
         )
-
-    def _copy(
-        self,
-        src: psycopg.Connection[tuple[object, ...]],
-        dst: psycopg.Connection[tuple[object, ...]],
-        src_url: URL,
-        chunk: Chunk,
-        where: sql.Composable,
-        query: sql.Composed,
-        fmt: sql.Composable,
-        same: bool,
-    ) -> tuple[int, str]:
-        """Move the chunk's rows into the target's open transaction, then fingerprint them there.
-
-        The target's rows are read back by the target server after the COPY has ended, in the
-        transaction that commits them: what is hashed is what the target holds.
-        """
-        with dst.cursor() as wc:
-            if chunk.attempt > 1 or self.replace_existing:
-                wc.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=_from(self.info), w=where))
-            copy_in = sql.SQL("COPY {t} ({cols}) FROM STDIN {fmt}").format(
-                t=sql.Identifier(self.info.schema, self.info.name),
-                cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.info.columns),
-                fmt=fmt,
-            )
-            copy_out = sql.SQL("COPY ({q}) TO STDOUT {fmt}").format(q=query, fmt=fmt)
-            # Source last: if reading fails, the COPY into the target is aborted.
-            with wc.copy(copy_in) as into, copy_out_blocks(src, src_url, copy_out) as out:
-                _pipe(out, into)
-            wc.execute(NAME_SETTINGS)
-            return table_fingerprint(wc, self.info, where, verify=self.verify, same_encoding=same)
