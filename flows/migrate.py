@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field
 from custody.audit import AuditStatus
 from custody.chunks import JobSpec
 from custody.identifiers import safe_id
+from custody.migration.catalog import TableInfo
 from custody.migration.mysql.casts import CastRules
 from custody.migration.mysql.report import cast_section, publish_cast_plan
 from custody.migration.names import table_job_id
@@ -30,6 +31,7 @@ from tasks.migration import (
     describe_source_tables,
     finalize_target_schema,
     plan_migration,
+    plan_table_ranges,
     prepare_target_schema,
 )
 from tasks.outcomes import failed
@@ -142,6 +144,11 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
         details={"job_id": job_id, "target": params.target, "tables": len(infos)},
     )
     infos = check_target_columns(params.source, params.target, infos, params.allow_widening)
+    specs = [_job_spec(job_id, params, info) for info in infos]
+    ranges = [  # read from the source while the target is being prepared
+        plan_table_ranges.submit(spec, params.source, params.target, info, params.replace_existing)
+        for spec, info in zip(specs, infos, strict=True)
+    ]
     prepare_target_schema(
         params.source,
         params.target,
@@ -152,17 +159,11 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
     )
     preload_quality_checks()  # GX imports in the background while chunks copy
     results: list[TableResult] = []
-    for info in infos:
+    for info, spec, found in zip(infos, specs, ranges, strict=True):
         started = time.monotonic()
-        spec = JobSpec(
-            job_id=table_job_id(job_id, info.name),
-            kind="migration",
-            subject=f"{params.source}->{params.target}.{params.schema_name}.{info.name}",
-            key_column=info.key_column or "-",
-            chunk_size=params.chunk_size,
-            audit_prefix="data.migration",
+        plan = plan_migration(
+            spec, params.source, params.target, info, params.replace_existing, found.result()
         )
-        plan = plan_migration(spec, params.source, params.target, info, params.replace_existing)
         work = chunk_work(
             params.source, params.target, info, params.verify, params.replace_existing
         )
@@ -207,6 +208,18 @@ def migrate_tables(params: MigrateParams) -> MigrationResult | State[MigrationRe
 migrate_tables.on_cancellation(audit_cancellation("migrate", "data.migration"))
 migrate_tables.on_failure(audit_failure("migrate", "data.migration"))
 migrate_tables.on_crashed(audit_failure("migrate", "data.migration"))
+
+
+def _job_spec(job_id: str, params: MigrateParams, info: TableInfo) -> JobSpec:
+    """One table's chunked job within the migration ``job_id``."""
+    return JobSpec(
+        job_id=table_job_id(job_id, info.name),
+        kind="migration",
+        subject=f"{params.source}->{params.target}.{params.schema_name}.{info.name}",
+        key_column=info.key_column or "-",
+        chunk_size=params.chunk_size,
+        audit_prefix="data.migration",
+    )
 
 
 def _approval_request(

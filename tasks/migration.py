@@ -257,6 +257,51 @@ def _setup_sql(dst: Engine, scope: SchemaScope) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def key_ranges(
+    spec: JobSpec, source: str, target: str, info: TableInfo, replace_existing: bool
+) -> list[tuple[Any, Any]]:
+    """The table's chunk ranges as the source holds them now (reads the source's key only)."""
+    rt = runtime()
+    src, dst = rt.engine(source), rt.engine(target)
+    if info.key_column is None:
+        return [(None, None)]  # no usable key: one verified chunk, streamed
+    # A MySQL source's "schema" is its connection's database; info.schema is the target's.
+    table = reflect_table(src, info.name, None if is_mysql(src) else info.schema or None)
+    ordered = with_key_order(src, dst, info) if both_postgres(src, dst) else info
+    planned = plan_key_ranges(
+        src, table, info.key_column, spec.chunk_size, byte_order=ordered.byte_order_key
+    )
+    if replace_existing:
+        # The target may hold keys the source no longer has, above its largest key (or any
+        # key, if it has none left): the last chunk is open above, so that its DELETE
+        # reaches them and the table ends up equal to the source.
+        planned = [*planned[:-1], (planned[-1][0], None)] if planned else [(None, None)]
+    return planned
+
+
+@task(
+    name="plan-table-ranges",
+    retry_condition_fn=retry_if_transient,
+    retries=2,
+    retry_delay_seconds=2,
+    **_NO_CACHE,
+)
+def plan_table_ranges(
+    spec: JobSpec, source: str, target: str, info: TableInfo, replace_existing: bool
+) -> list[tuple[Any, Any]] | None:
+    """A new job's chunk ranges, found while the target is being prepared (None: not here).
+
+    Planning reads only the source's key (its index), preparing writes only the target's
+    schema: the flow runs the two at once. None, and ``plan_migration`` plans as before, for
+    a job the ledger already holds (resumed with its stored plan: nothing to read) and for a
+    text key, whose order depends on the target table's collation: planned before that table
+    exists, its ranges would be in another order than the chunks' predicates compare in.
+    """
+    if info.text_key or runtime().ledger.has_job(spec.job_id):
+        return None
+    return key_ranges(spec, source, target, info, replace_existing)
+
+
 @task(
     name="plan-table-chunks",
     retry_condition_fn=retry_if_transient,
@@ -265,29 +310,25 @@ def _setup_sql(dst: Engine, scope: SchemaScope) -> bytes:
     **_NO_CACHE,
 )
 def plan_migration(
-    spec: JobSpec, source: str, target: str, info: TableInfo, replace_existing: bool
+    spec: JobSpec,
+    source: str,
+    target: str,
+    info: TableInfo,
+    replace_existing: bool,
+    ranges: list[tuple[Any, Any]] | None = None,
 ) -> JobPlan:
-    """Plan (or resume) one table's chunks; refuse a new job into a table that has rows."""
+    """Plan (or resume) one table's chunks; refuse a new job into a table that has rows.
+
+    ``ranges``: found earlier by ``plan_table_ranges`` (otherwise found here, if needed).
+    """
     rt = runtime()
-    src, dst = rt.engine(source), rt.engine(target)
-
-    def ranges() -> list[tuple[Any, Any]]:
-        if info.key_column is None:
-            return [(None, None)]  # no usable key: one verified chunk, streamed
-        # A MySQL source's "schema" is its connection's database; info.schema is the target's.
-        table = reflect_table(src, info.name, None if is_mysql(src) else info.schema or None)
-        ordered = with_key_order(src, dst, info) if both_postgres(src, dst) else info
-        planned = plan_key_ranges(
-            src, table, info.key_column, spec.chunk_size, byte_order=ordered.byte_order_key
-        )
-        if replace_existing:
-            # The target may hold keys the source no longer has, above its largest key (or any
-            # key, if it has none left): the last chunk is open above, so that its DELETE
-            # reaches them and the table ends up equal to the source.
-            planned = [*planned[:-1], (planned[-1][0], None)] if planned else [(None, None)]
-        return planned
-
-    plan = rt.ledger.plan(spec, ranges)
+    dst = rt.engine(target)
+    plan = rt.ledger.plan(
+        spec,
+        lambda: ranges if ranges is not None else key_ranges(
+            spec, source, target, info, replace_existing
+        ),
+    )  # fmt: skip
     if not plan.resumed and not replace_existing and _has_rows(dst, info):
         raise MigrationRefusedError(
             f"target table {info.name!r} already has rows: set replace_existing to overwrite "

@@ -28,6 +28,7 @@ from tasks.migration import (
     describe_source_tables,
     finalize_target_schema,
     plan_migration,
+    plan_table_ranges,
     prepare_target_schema,
 )
 from tasks.runtime import reset_runtime
@@ -480,10 +481,8 @@ def pg_store(pg_databases) -> Engine:  # type: ignore[no-untyped-def]
 def migrate(source: str, target: str, schema: str, job: str) -> dict[str, str]:
     """The flow's task functions in its order; returns the job id of each table."""
     infos = describe_source_tables.fn(source, schema, [])
-    prepare_target_schema.fn(source, target, schema, infos, True)
-    jobs = {}
-    for n, info in enumerate(infos):
-        spec = JobSpec(
+    specs = [
+        JobSpec(
             job_id=f"{job}.{n}",
             kind="migration",
             subject=f"{source}->{target}.{schema}.{n}",
@@ -491,7 +490,17 @@ def migrate(source: str, target: str, schema: str, job: str) -> dict[str, str]:
             chunk_size=2,
             audit_prefix="data.migration",
         )
-        plan = plan_migration.fn(spec, source, target, info, False)
+        for n, info in enumerate(infos)
+    ]
+    # Planned before the target is prepared, as the flow does (text keys plan after it).
+    ranges = [
+        plan_table_ranges.fn(spec, source, target, info, False)
+        for spec, info in zip(specs, infos, strict=True)
+    ]
+    prepare_target_schema.fn(source, target, schema, infos, True)
+    jobs = {}
+    for info, spec, found in zip(infos, specs, ranges, strict=True):
+        plan = plan_migration.fn(spec, source, target, info, False, found)
         work = chunk_work(source, target, info, "hash", False)
         for chunk in plan.pending:
             outcome = work(chunk.model_copy(update={"attempt": 1}))
