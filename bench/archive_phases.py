@@ -6,48 +6,25 @@ phase sums can exceed the run's wall time: they say where the work goes, the tim
 
 from __future__ import annotations
 
-import functools
 import resource
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
+from _timeline import SPANS, durations, record, timed
+
 T0 = time.perf_counter()
-_totals: dict[str, float] = defaultdict(float)
-_counts: dict[str, int] = defaultdict(int)
-_spans: list[tuple[str, str, float, float]] = []
-_lock = threading.Lock()
 _rss: dict[str, float] = {}
 
 
 def mark(name: str) -> None:
-    """A point in the timeline (seconds since the child started)."""
-    with _lock:
-        now = time.perf_counter() - T0
-        _spans.append((name, threading.current_thread().name, now, now))
-
-
-def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            ended = time.perf_counter()
-            with _lock:
-                _totals[name] += ended - started
-                _counts[name] += 1
-                _spans.append((name, threading.current_thread().name, started - T0, ended - T0))
-
-    return wrapper
+    """A point in the timeline."""
+    now = time.perf_counter()
+    record(name, now, now)
 
 
 def wrap(owner: Any, attribute: str, name: str) -> None:
     """Replace ``owner.attribute`` with a timed version named ``name``."""
-    setattr(owner, attribute, _timed(name, getattr(owner, attribute)))
+    setattr(owner, attribute, timed(name, getattr(owner, attribute)))
 
 
 def install() -> None:
@@ -55,7 +32,7 @@ def install() -> None:
     started = time.perf_counter()
     import flows.archive  # noqa: F401
 
-    _totals["import flows.archive"] += time.perf_counter() - started
+    record("import flows.archive", started, time.perf_counter())
     _rss["after imports"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from custody.archive import manifest, work
 
@@ -88,13 +65,13 @@ def install() -> None:
 
 def report() -> dict[str, Any]:
     """Totals per phase and the timeline of batch spans, JSON-ready."""
-    timeline = sorted(_spans, key=lambda s: s[2])
+    timeline = sorted(SPANS, key=lambda s: s[2])
     return {
-        "phase_seconds": {k: round(v, 3) for k, v in _totals.items()},
-        "phase_calls": dict(_counts),
+        "phase_seconds": {k: round(sum(v), 3) for k, v in durations().items()},
+        "phase_calls": {k: len(v) for k, v in durations().items()},
         "peak_rss_mb_at": {k: round(v, 1) for k, v in _rss.items()},
         "timeline": [
-            (name, thread[-12:], round(start, 2), round(end, 2))
+            (name, thread[-12:], round(start - T0, 2), round(end - T0, 2))
             for name, thread, start, end in timeline
         ],
     }

@@ -10,30 +10,13 @@ per phase to stderr; migrate.py's JSON line stays on stdout.
 
 from __future__ import annotations
 
-import functools
 import sys
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-Span = tuple[str, str, float, float]
-SPANS: list[Span] = []
+from _timeline import SPANS, durations, timed
+
 CALLED: list[float] = []
-
-
-def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, recording a span under ``label`` on every call."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            SPANS.append((label, threading.current_thread().name, started, time.perf_counter()))
-
-    return wrapper
 
 
 def instrument() -> None:
@@ -85,10 +68,7 @@ def report() -> None:
     for label, thread, start, end in sorted(SPANS, key=lambda s: s[2]):
         span = f"{start - zero:8.3f} {end - zero:8.3f} {end - start:7.3f}"
         print(f"{span}  {label:36s} {thread}", file=sys.stderr)
-    totals: dict[str, list[float]] = {}
-    for label, _, start, end in SPANS:
-        totals.setdefault(label, []).append(end - start)
-    for label, spans in sorted(totals.items(), key=lambda item: -sum(item[1])):
+    for label, spans in sorted(durations().items(), key=lambda item: -sum(item[1])):
         print(f"sum {label:36s} n={len(spans):3d} {sum(spans):8.3f} s", file=sys.stderr)
 
 
