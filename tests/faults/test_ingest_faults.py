@@ -74,6 +74,12 @@ def _params(inbox: Inbox) -> IngestParams:
     return IngestParams(source=str(inbox.root), format="csv", include=["*.csv"], chunk_size=3)
 
 
+# The statement that lands a file's results, waiting on the held row: the staged upsert
+# (INSERT INTO lab_results (...) SELECT ...) or the straight binary COPY lab_results (...) of a
+# batch that replaces nothing it can see (the held row is not committed).
+LANDING = "% lab_results (%"
+
+
 def _blocking_row(store_url: str) -> HeldLock:
     """An uncommitted result with the critical file's first id: that file's upsert waits on it."""
     return HeldLock(
@@ -133,7 +139,7 @@ def test_connection_terminated_inside_a_file_transaction_then_the_task_retries(
     held = _blocking_row(store_url)
 
     def script() -> None:
-        upsert = wait_for_backends(store_url, "INSERT INTO lab_results%")
+        upsert = wait_for_backends(store_url, LANDING)
         with psycopg.connect(store_url) as c:  # the two files before it are in, it is not
             landed = c.execute("SELECT count(*) FROM lab_files").fetchone()
         assert landed is not None and landed[0] >= 2
@@ -176,7 +182,7 @@ def test_sigkill_inside_a_file_transaction_then_a_rerun_finishes(
     )  # fmt: skip
     held = _blocking_row(store_url)
     try:
-        kill_when(args, env, lambda: bool(backends(store_url, "INSERT INTO lab_results%")))
+        kill_when(args, env, lambda: bool(backends(store_url, LANDING)))
     finally:
         held.release()
     with psycopg.connect(store_url) as c:
