@@ -504,8 +504,13 @@ def _scan_prefect_home(scanner: Scanner) -> list[Hit]:
 
 
 def _scan_gx(scanner: Scanner, contexts: list[Any]) -> list[Hit]:
-    """The in-memory stores (suites, validation results, definitions) of every GX context."""
-    assert len(contexts) >= 4, "expected the GX gates of migration (2 tables) and ingestion"
+    """The in-memory stores (suites, validation results, definitions) of every GX context.
+
+    The ingestion's gates build them. The migrated tables here all have primary keys, so their
+    gate reads uniqueness and NOT NULL from the target's constraints and counts rows in SQL:
+    no GX context, so nothing of a migration can reach a GX store.
+    """
+    assert len(contexts) >= 2, "expected the GX gates of the lab ingestion"
     hits = []
     for number, context in enumerate(contexts):
         for name, store in context.stores.items():
